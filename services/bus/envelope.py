@@ -1,0 +1,116 @@
+"""Build and check bus envelopes: the one place the wire form is handled.
+
+Receivers check in a fixed order: frame count and size, parse, schema
+version, then meaning (a source, a payload, the payload the topic demands).
+Each failure raises :class:`BadMessage` whose ``reason`` names a counter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError, Message
+
+from services.bus import topics
+from services.bus.pb import vnet_pb2 as pb
+
+SCHEMA_VERSION = 1
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+
+_PAYLOAD_FIELDS = {
+    f.message_type.full_name: f.name
+    for f in pb.Envelope.DESCRIPTOR.oneofs_by_name["payload"].fields
+}
+
+
+class BadMessage(ValueError):
+    """A message from the bus that must be dropped; reason is a counter name."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class BusMessage:
+    """A checked message: the topic, who sent it and its payload."""
+
+    topic: str
+    source: str
+    instance: int
+    seq: int
+    ts: float
+    kind: str  # the Envelope payload field, e.g. "heartbeat"
+    payload: Message
+    size: int
+
+
+def payload_field(payload: Message) -> str:
+    """The Envelope oneof field that carries this payload type."""
+    try:
+        return _PAYLOAD_FIELDS[payload.DESCRIPTOR.full_name]
+    except KeyError:
+        raise TypeError(f"{payload.DESCRIPTOR.full_name} is not a bus payload") from None
+
+
+def encode(
+    topic: str, source: str, instance: int, seq: int, ts: float, payload: Message
+) -> list[bytes]:
+    """The two ZeroMQ frames [topic, envelope] for one message."""
+    root = topics.root_of(topic)
+    field = payload_field(payload)
+    if root is not None and topics.PAYLOAD_FOR_ROOT[root] != field:
+        raise TypeError(f"topic {topic!r} carries {topics.PAYLOAD_FOR_ROOT[root]}, not {field}")
+    env = pb.Envelope(
+        schema_version=SCHEMA_VERSION, source=source, instance=instance, seq=seq, ts=ts
+    )
+    getattr(env, field).CopyFrom(payload)
+    return [topic.encode(), env.SerializeToString()]
+
+
+def decode(frames: list[bytes], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> BusMessage:
+    """Check and parse [topic, envelope]; raise BadMessage on any fault."""
+    if len(frames) != 2:
+        raise BadMessage("bad_frames", f"expected 2 frames [topic, envelope], got {len(frames)}")
+    raw_topic, body = frames
+    size = len(raw_topic) + len(body)
+    if size > max_bytes:
+        raise BadMessage("oversized", f"{size} bytes exceeds the limit of {max_bytes}")
+    try:
+        topic = raw_topic.decode()
+    except UnicodeDecodeError:
+        raise BadMessage("bad_topic", f"topic is not UTF-8: {raw_topic[:40]!r}") from None
+    env = pb.Envelope()
+    try:
+        env.ParseFromString(body)
+    except DecodeError as exc:
+        raise BadMessage("unparsable", f"topic {topic!r}: {exc}") from None
+    if env.schema_version != SCHEMA_VERSION:
+        raise BadMessage(
+            "wrong_version",
+            f"topic {topic!r} from {env.source!r}: schema version {env.schema_version},"
+            f" this build speaks {SCHEMA_VERSION}",
+        )
+    kind = env.WhichOneof("payload")
+    if kind is None:
+        raise BadMessage("no_payload", f"topic {topic!r} from {env.source!r}: empty payload")
+    if not env.source or env.seq == 0:
+        raise BadMessage("no_source", f"topic {topic!r}: missing source or sequence number")
+    root = topics.root_of(topic)
+    if root is not None and topics.PAYLOAD_FOR_ROOT[root] != kind:
+        raise BadMessage(
+            "wrong_payload",
+            f"topic {topic!r} from {env.source!r} carries {kind},"
+            f" expected {topics.PAYLOAD_FOR_ROOT[root]}",
+        )
+    return BusMessage(
+        topic=topic,
+        source=env.source,
+        instance=env.instance,
+        seq=env.seq,
+        ts=env.ts,
+        kind=kind,
+        payload=getattr(env, kind),
+        size=size,
+    )

@@ -1,0 +1,79 @@
+"""`vnet tail`: follow the bus, readable by default or one JSON object a line."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import json
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any, TextIO
+
+from google.protobuf.json_format import MessageToDict
+
+from services.bus.client import BusClient
+from services.bus.envelope import BusMessage
+
+
+def as_json(msg: BusMessage) -> str:
+    """DESIGN.md's stable form: topic, source, seq, ts, body (protobuf JSON)."""
+    return json.dumps(
+        {
+            "topic": msg.topic,
+            "source": msg.source,
+            "seq": msg.seq,
+            "ts": msg.ts,
+            "body": MessageToDict(msg.payload),
+        },
+        separators=(",", ":"),
+    )
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else value
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def as_text(msg: BusMessage) -> str:
+    stamp = datetime.fromtimestamp(msg.ts, tz=timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    body = MessageToDict(msg.payload)
+    fields = " ".join(f"{k}={_short(v)}" for k, v in body.items())
+    return f"{stamp} {msg.topic:<28} {msg.source:<22} #{msg.seq:<6} {fields}"
+
+
+def matches_source(msg: BusMessage, patterns: Sequence[str]) -> bool:
+    return not patterns or any(fnmatch.fnmatchcase(msg.source, p) for p in patterns)
+
+
+async def follow(
+    client: BusClient,
+    prefixes: Sequence[str],
+    sources: Sequence[str],
+    out: TextIO,
+    render: Callable[[BusMessage], str],
+    count: int | None = None,
+    duration_s: float | None = None,
+) -> int:
+    """Print matching messages until count or duration is reached; returns printed."""
+    for prefix in prefixes or [""]:
+        client.subscribe(prefix)
+    printed = 0
+    deadline = None if duration_s is None else time.monotonic() + duration_s
+    while count is None or printed < count:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        for msg in await client.recv_batch(timeout=left if left is not None else 1.0):
+            if not matches_source(msg, sources):
+                continue
+            out.write(render(msg) + "\n")
+            printed += 1
+            if count is not None and printed >= count:
+                break
+        out.flush()
+    return printed
+
+
+def run(client: BusClient, *args: Any, **kwargs: Any) -> int:
+    return asyncio.run(follow(client, *args, **kwargs))

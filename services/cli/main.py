@@ -1,0 +1,27 @@
+"""`vnet`: one entry point; each area registers its own sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from services.bus import cli as bus_cli
+from services.cli import demo
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vnet", description="self-optimising layer-2 virtual network")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True)
+    bus_cli.register(sub)
+    demo.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
