@@ -18,7 +18,9 @@ from services.bus.sample import serve
 
 
 def _host_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default=socket.gethostname(), help="host name in sources and logs")
+    parser.add_argument(
+        "--host", default=socket.gethostname(), help="host name in sources and logs"
+    )
 
 
 def _broker(args: argparse.Namespace) -> int:

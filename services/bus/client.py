@@ -26,7 +26,7 @@ from services.bus import log as buslog
 from services.bus.counters import Counters
 from services.bus.envelope import BadMessage, BusMessage
 from services.bus.pb import vnet_pb2 as pb
-from services.bus.sequence import SeqVerdict, SequenceTracker
+from services.bus.sequence import SequenceTracker, SeqVerdict
 from services.bus.settings import BusSettings
 
 VERSION = "0.1.0"
@@ -35,6 +35,14 @@ _PENDING_LIMIT = 100_000  # messages held back during a ready() handshake
 
 class BusTimeout(TimeoutError):
     """The broker did not answer within the time asked for."""
+
+
+def _curve_keys(settings: BusSettings) -> tuple[bytes, bytes, bytes]:
+    """This client's public and secret key and the broker's public key."""
+    if not settings.identity:
+        raise ValueError("a keys directory needs an identity (--bus-identity NAME)")
+    pair = keys.client_pair(Path(settings.keys), settings.identity)
+    return pair.public, pair.secret, keys.broker_public(Path(settings.keys))
 
 
 class BusClient:
@@ -58,32 +66,24 @@ class BusClient:
         self._tracker = SequenceTracker()
         self._pending: deque[BusMessage] = deque()
         self._log = buslog.get(component="bus")
+        curve = _curve_keys(settings) if settings.curve else None
         self._own_ctx = context is None
         self._ctx = context or zmq.asyncio.Context()
         self._pub = self._ctx.socket(zmq.PUB)
         self._sub = self._ctx.socket(zmq.SUB)
         # Plain (non-asyncio) views of the same sockets for non-blocking
         # drains and sends without a Future per message.
-        self._pub_sync = zmq.Socket.shadow(self._pub.underlying)
-        self._sub_sync = zmq.Socket.shadow(self._sub.underlying)
+        self._pub_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._pub.underlying)
+        self._sub_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._sub.underlying)
         for sock in (self._pub, self._sub):
             sock.setsockopt(zmq.LINGER, 0)
         self._pub.setsockopt(zmq.SNDHWM, settings.hwm)
         self._sub.setsockopt(zmq.RCVHWM, settings.hwm)
-        if settings.curve:
-            self._configure_curve(Path(settings.keys), settings.identity)
+        if curve is not None:
+            for sock in (self._pub, self._sub):
+                sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = curve
         self._pub.connect(settings.pub)
         self._sub.connect(settings.sub)
-
-    def _configure_curve(self, directory: Path, identity: str) -> None:
-        if not identity:
-            raise ValueError("a keys directory needs an identity (--bus-identity NAME)")
-        pair = keys.client_pair(directory, identity)
-        server = keys.broker_public(directory)
-        for sock in (self._pub, self._sub):
-            sock.curve_publickey = pair.public
-            sock.curve_secretkey = pair.secret
-            sock.curve_serverkey = server
 
     # ------------------------------------------------------------ publishing
 
@@ -181,7 +181,7 @@ class BusClient:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return []
-            await self._sub.poll(None if left is None else max(1, int(left * 1000)), zmq.POLLIN)
+            await self._sub.poll(None if left is None else max(1, int(left * 1000)))
 
     async def recv(self, timeout: float | None = None) -> BusMessage | None:
         batch = await self.recv_batch(timeout, limit=1)
@@ -203,7 +203,7 @@ class BusClient:
                 self.publish(probe_topic, pb.Probe(nonce=nonce))
                 end = min(deadline, time.monotonic() + 0.05)
                 while (left := end - time.monotonic()) > 0:
-                    await self._sub.poll(max(1, int(left * 1000)), zmq.POLLIN)
+                    await self._sub.poll(max(1, int(left * 1000)))
                     batch: list[BusMessage] = []
                     self._drain_socket(batch, 1000)
                     for msg in batch:

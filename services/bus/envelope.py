@@ -20,6 +20,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 _PAYLOAD_FIELDS = {
     f.message_type.full_name: f.name
     for f in pb.Envelope.DESCRIPTOR.oneofs_by_name["payload"].fields
+    if f.message_type is not None
 }
 
 

@@ -78,7 +78,8 @@ def from_environment(environ: dict[str, str] | None = None) -> BusSettings:
         raw = env.get(f.metadata["env"])
         if raw is not None:
             try:
-                values[f.name] = type(f.default)(raw)
+                kind: Any = type(f.default)
+                values[f.name] = kind(raw)
             except ValueError:
                 raise ValueError(
                     f"{f.metadata['env']}={raw!r} is not a valid {type(f.default).__name__}"

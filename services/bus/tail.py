@@ -7,7 +7,7 @@ import fnmatch
 import json
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from google.protobuf.json_format import MessageToDict
@@ -36,7 +36,7 @@ def _short(value: Any, width: int = 60) -> str:
 
 
 def as_text(msg: BusMessage) -> str:
-    stamp = datetime.fromtimestamp(msg.ts, tz=timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    stamp = datetime.fromtimestamp(msg.ts, tz=UTC).strftime("%H:%M:%S.%f")[:-3]
     body = MessageToDict(msg.payload)
     fields = " ".join(f"{k}={_short(v)}" for k, v in body.items())
     return f"{stamp} {msg.topic:<28} {msg.source:<22} #{msg.seq:<6} {fields}"

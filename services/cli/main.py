@@ -7,6 +7,9 @@ import sys
 
 from services.bus import cli as bus_cli
 from services.cli import demo
+from services.forwarder import cli as forwarder_cli
+from services.inference import cli as inference_cli
+from services.testbed import cli as testbed_cli
 
 
 def parser() -> argparse.ArgumentParser:
@@ -15,6 +18,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     bus_cli.register(sub)
     demo.register(sub)
+    testbed_cli.register(sub)
+    forwarder_cli.register(sub)
+    inference_cli.register(sub)
     return p
 
 

@@ -1,0 +1,9 @@
+"""`vnet` sub-commands of the forwarder (being built)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add this area's sub-commands to `vnet`."""
