@@ -30,7 +30,18 @@ def as_json(msg: BusMessage) -> str:
     )
 
 
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def _short(value: Any, width: int = 60) -> str:
+    value = _rounded(value)
     text = json.dumps(value, separators=(",", ":")) if not isinstance(value, str) else value
     return text if len(text) <= width else text[: width - 1] + "…"
 
