@@ -57,14 +57,16 @@ class Launcher:
         self.processes.append(proc)
         return proc
 
-    def start_broker(self, args: list[str] | None = None, timeout: float = 15.0) -> Process:
+    def start_broker(
+        self, args: list[str] | None = None, timeout: float = 15.0, stderr: int | None = None
+    ) -> Process:
         """Start `vnet broker` (random ports unless given) and read its ready line."""
         extra = args or []
         if "--bus-pub" not in extra:
             extra += ["--bus-pub", "tcp://127.0.0.1:*"]
         if "--bus-sub" not in extra:
             extra += ["--bus-sub", "tcp://127.0.0.1:*"]
-        proc = self.start("broker", ["broker", *extra], stdout=subprocess.PIPE)
+        proc = self.start("broker", ["broker", *extra], stdout=subprocess.PIPE, stderr=stderr)
         assert proc.popen.stdout is not None
         ready, _, _ = select.select([proc.popen.stdout], [], [], timeout)
         line = proc.popen.stdout.readline() if ready else b""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import subprocess
 import sys
 
 from services.bus import log as buslog
@@ -20,12 +21,13 @@ def _demo(args: argparse.Namespace) -> int:
     buslog.configure("demo", args.host, json_lines=False, level=args.log_level)
     log = buslog.get()
     with Launcher() as launcher:
-        broker = launcher.start_broker()
+        quiet = None if args.verbose else subprocess.DEVNULL
+        broker = launcher.start_broker(stderr=quiet)
         pub, sub = str(broker.info["pub"]), str(broker.info["sub"])
         log.info("broker up", pub=pub, sub=sub)
         bus = ["--bus-pub", pub, "--bus-sub", sub]
         launcher.start("sample", ["sample-service", "--host", args.host, *bus],
-                       stderr=None if args.verbose else -3)
+                       stderr=quiet)
         client = BusClient(settings.BusSettings(pub=pub, sub=sub), "demo", args.host)
         try:
             print(f"tailing the bus for {args.duration:.0f}s (vnet tail --bus-sub {sub}):",
