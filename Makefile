@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages the tests, demo and benchmarks use.
-APT_PACKAGES := iproute2 iputils-ping iperf3 ethtool tcpdump
+APT_PACKAGES := iproute2 iputils-ping iperf3 ethtool tcpdump procps
 BENCH ?=
 
 .PHONY: all venv apt test demo proto proto-check lint bench lock clean

@@ -31,6 +31,14 @@ from services.bus.settings import BusSettings
 
 VERSION = "0.1.0"
 _PENDING_LIMIT = 100_000  # messages held back during a ready() handshake
+# Plain ints: combining zmq's enum flags costs more per call than the send.
+_NOBLOCK = int(zmq.NOBLOCK)
+_NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class BusTimeout(TimeoutError):
@@ -61,6 +69,7 @@ class BusClient:
         self.source = f"{service}@{host}"
         self.instance = int.from_bytes(os.urandom(8), "big") or 1
         self.counters = Counters()
+        self._encoder = envelope.Encoder(self.source, self.instance)
         self.started = time.monotonic()
         self._seq = 0
         self._tracker = SequenceTracker()
@@ -75,6 +84,9 @@ class BusClient:
         # drains and sends without a Future per message.
         self._pub_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._pub.underlying)
         self._sub_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._sub.underlying)
+        self._sub_fd: int = self._sub_sync.getsockopt(zmq.FD)  # type: ignore[assignment]
+        self._reader_loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[None] | None = None
         for sock in (self._pub, self._sub):
             sock.setsockopt(zmq.LINGER, 0)
         self._pub.setsockopt(zmq.SNDHWM, settings.hwm)
@@ -90,12 +102,13 @@ class BusClient:
     def publish(self, topic: str, payload: Message, now: float | None = None) -> None:
         """Send one message; never blocks (dropped by ZeroMQ at the HWM)."""
         self._seq += 1
-        frames = envelope.encode(
-            topic, self.source, self.instance, self._seq, time.time() if now is None else now,
-            payload,
+        topic_frame, body = self._encoder.encode(
+            topic, self._seq, time.time() if now is None else now, payload
         )
         try:
-            self._pub_sync.send_multipart(frames, zmq.NOBLOCK)
+            # Two sends with int flags: a third of send_multipart's cost.
+            self._pub_sync.send(topic_frame, _NOBLOCK_MORE)
+            self._pub_sync.send(body, _NOBLOCK)
         except zmq.Again:
             self.counters.inc("send_dropped")
         else:
@@ -162,12 +175,18 @@ class BusClient:
         return out
 
     def _drain_socket(self, out: list[BusMessage], limit: int) -> None:
+        # Frames carry their own "more" flag, which is cheaper than the
+        # RCVMORE lookup recv_multipart makes per frame. A message's frames
+        # arrive together, so the ones after the first are always there.
+        recv = self._sub_sync.recv
         while len(out) < limit:
             try:
-                frames = self._sub_sync.recv_multipart(zmq.NOBLOCK)
+                frames = [recv(_NOBLOCK, copy=False)]
             except zmq.Again:
                 break
-            msg = self._check(frames)
+            while frames[-1].more:
+                frames.append(recv(_NOBLOCK, copy=False))
+            msg = self._check([frame.bytes for frame in frames])
             if msg is not None:
                 out.append(msg)
 
@@ -181,7 +200,42 @@ class BusClient:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return []
-            await self._sub.poll(None if left is None else max(1, int(left * 1000)))
+            await self._wait_readable(left)
+
+    def _sub_events(self) -> int:
+        return int(self._sub_sync.getsockopt(zmq.EVENTS))
+
+    def _on_readable(self) -> None:
+        # Reading EVENTS consumes the FD's signal, so the loop does not spin
+        # on a readable FD while nobody waits.
+        if self._sub_events() & zmq.POLLIN and self._waiter is not None:
+            _wake(self._waiter)
+
+    async def _wait_readable(self, timeout: float | None) -> None:
+        """Sleep until the SUB socket has a message queued, or timeout.
+
+        ZeroMQ's FD is edge-triggered (it signals a change, then EVENTS tells
+        what), so EVENTS is checked before sleeping. One reader stays
+        registered with the loop: cheaper than zmq.asyncio's poll per wait.
+        """
+        if self._sub_events() & zmq.POLLIN:
+            return
+        loop = asyncio.get_running_loop()
+        if self._reader_loop is not loop:
+            loop.add_reader(self._sub_fd, self._on_readable)
+            self._reader_loop = loop
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiter = waiter
+        timer = None if timeout is None else loop.call_later(timeout, _wake, waiter)
+        try:
+            # A message may have arrived between the check and registering.
+            if self._sub_events() & zmq.POLLIN:
+                return
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     async def recv(self, timeout: float | None = None) -> BusMessage | None:
         batch = await self.recv_batch(timeout, limit=1)
@@ -203,7 +257,7 @@ class BusClient:
                 self.publish(probe_topic, pb.Probe(nonce=nonce))
                 end = min(deadline, time.monotonic() + 0.05)
                 while (left := end - time.monotonic()) > 0:
-                    await self._sub.poll(max(1, int(left * 1000)))
+                    await self._wait_readable(left)
                     batch: list[BusMessage] = []
                     self._drain_socket(batch, 1000)
                     for msg in batch:
@@ -223,6 +277,10 @@ class BusClient:
     # ------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
+        loop = self._reader_loop
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self._sub_fd)
+        self._reader_loop = None
         self._pub.close(linger=0)
         self._sub.close(linger=0)
         if self._own_ctx:

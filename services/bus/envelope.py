@@ -7,6 +7,7 @@ Each failure raises :class:`BadMessage` whose ``reason`` names a counter.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError, Message
@@ -22,6 +23,28 @@ _PAYLOAD_FIELDS = {
     for f in pb.Envelope.DESCRIPTOR.oneofs_by_name["payload"].fields
     if f.message_type is not None
 }
+
+
+_TOPIC_CACHE_LIMIT = 1024
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _tag(field: str, wire_type: int) -> bytes:
+    return _varint((pb.Envelope.DESCRIPTOR.fields_by_name[field].number << 3) | wire_type)
+
+
+_SEQ_TAG = _tag("seq", 0)  # varint
+_TS_TAG = _tag("ts", 1)  # 64-bit
+_DOUBLE = struct.Struct("<d")
+_PAYLOAD_TAGS = {name: _tag(name, 2) for name in _PAYLOAD_FIELDS.values()}  # length-delimited
 
 
 class BadMessage(ValueError):
@@ -68,6 +91,42 @@ def encode(
     )
     getattr(env, field).CopyFrom(payload)
     return [topic.encode(), env.SerializeToString()]
+
+
+class Encoder:
+    """One source's fast encoder: the constant header is serialised once.
+
+    Protobuf accepts fields in any order, so an envelope is the header's
+    bytes, then seq, ts and the payload appended by hand; the bytes parse
+    exactly as :func:`encode`'s do (a test holds them to that).
+    """
+
+    def __init__(self, source: str, instance: int) -> None:
+        self._head = pb.Envelope(
+            schema_version=SCHEMA_VERSION, source=source, instance=instance
+        ).SerializeToString()
+        self._topics: dict[tuple[str, str], bytes] = {}
+
+    def _topic(self, topic: str, field: str) -> bytes:
+        raw = self._topics.get((topic, field))
+        if raw is None:
+            root = topics.root_of(topic)
+            if root is not None and topics.PAYLOAD_FOR_ROOT[root] != field:
+                raise TypeError(
+                    f"topic {topic!r} carries {topics.PAYLOAD_FOR_ROOT[root]}, not {field}"
+                )
+            if len(self._topics) >= _TOPIC_CACHE_LIMIT:
+                self._topics.clear()
+            raw = self._topics[(topic, field)] = topic.encode()
+        return raw
+
+    def encode(self, topic: str, seq: int, ts: float, payload: Message) -> tuple[bytes, bytes]:
+        field = payload_field(payload)
+        body = payload.SerializeToString()
+        return self._topic(topic, field), b"".join((
+            self._head, _SEQ_TAG, _varint(seq), _TS_TAG, _DOUBLE.pack(ts),
+            _PAYLOAD_TAGS[field], _varint(len(body)), body,
+        ))
 
 
 def decode(frames: list[bytes], max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> BusMessage:

@@ -7,6 +7,8 @@ Topics are dotted strings matched by prefix (ZeroMQ's SUB filter), so
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 HEARTBEAT = "heartbeat"
 FRAMES = "frames"
 LINKS = "links"
@@ -46,6 +48,7 @@ def join(root: str, *parts: str) -> str:
     return ".".join((root, *parts))
 
 
+@lru_cache(maxsize=4096)
 def root_of(topic: str) -> str | None:
     """The known root a topic belongs to, longest match first, or None."""
     best: str | None = None

@@ -9,6 +9,7 @@ from services.bus import cli as bus_cli
 from services.cli import demo
 from services.forwarder import cli as forwarder_cli
 from services.inference import cli as inference_cli
+from services.planner import cli as planner_cli
 from services.testbed import cli as testbed_cli
 
 
@@ -21,6 +22,7 @@ def parser() -> argparse.ArgumentParser:
     testbed_cli.register(sub)
     forwarder_cli.register(sub)
     inference_cli.register(sub)
+    planner_cli.register(sub)
     return p
 
 

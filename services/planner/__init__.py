@@ -1,0 +1,1 @@
+"""The planner (VADAPT): placement, overlay links, forwarding rules, migrations."""

@@ -1,0 +1,204 @@
+"""The planner service: a pure core driven by bus messages and a clock, and
+its asyncio shell.
+
+The core keeps the world view, plans when a topology change arrives (at most
+once per ``min_interval_s``; a change during the wait is planned when it
+ends) and returns what to publish: the plan on ``plan`` and every host's
+desired state on ``desired.<host>``. Control is level-triggered, so the last
+plan and desired states are published again every ``republish_s``. A bad
+message or an unusable world view is logged and counted and leaves the last
+good plan in force; nothing from the bus stops the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass, field, replace
+
+from google.protobuf.message import Message
+
+from services.bus import log as buslog
+from services.bus import topics
+from services.bus.client import BusClient
+from services.bus.counters import Counters
+from services.bus.envelope import DEFAULT_MAX_MESSAGE_BYTES, BusMessage
+from services.bus.pb import vnet_pb2 as pb
+from services.bus.settings import BusSettings
+from services.planner import registry
+from services.planner.combine import PlannerFailed, PlanOutcome, PlanSettings, make_plan
+from services.planner.inputs import InputSettings, WorldView
+from services.planner.model import InputError
+from services.planner.stability import MoveHistory
+
+Outgoing = tuple[str, Message]
+SUBSCRIPTIONS = (topics.TOPOLOGY_CHANGE, topics.TRAFFIC_MATRIX, topics.LINKS + ".",
+                 topics.STATE + ".")
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    algorithm: str = registry.DEFAULT  # placement planner, by registered name
+    republish_s: float = 5.0  # desired states and the plan are sent again this often
+    min_interval_s: float = 2.0  # at most one plan per this long
+    # A plan larger than this is trimmed (desired states, then unmoved guests) to
+    # pass the bus's message limit, with room for the envelope.
+    max_plan_bytes: int = DEFAULT_MAX_MESSAGE_BYTES - 4096
+    plan: PlanSettings = field(default_factory=PlanSettings)
+    inputs: InputSettings = field(default_factory=InputSettings)
+
+
+@dataclass
+class PlannerCore:
+    settings: ServiceSettings
+    planner: registry.PlacementPlanner
+    view: WorldView = field(default_factory=WorldView)
+    history: MoveHistory = field(default_factory=MoveHistory)
+    counters: Counters = field(default_factory=Counters)
+    plan_id: int = 0
+    generation: int = 0
+    last: PlanOutcome | None = None
+    pending_change: bool = False
+    planned_at: float = -1e18
+    published_at: float = -1e18
+
+    def __post_init__(self) -> None:
+        self.log = buslog.get(component="planner")
+
+    def on_message(self, msg: BusMessage, now: float) -> list[Outgoing]:
+        try:
+            if msg.kind == "forwarder_state":
+                assert isinstance(msg.payload, pb.ForwarderState)
+                self.view.on_state(msg.payload)
+                self.generation = max(self.generation, msg.payload.generation)
+            elif msg.kind == "link_measurements":
+                assert isinstance(msg.payload, pb.LinkMeasurements)
+                self.view.on_links(msg.payload)
+            elif msg.kind == "traffic_matrix":
+                assert isinstance(msg.payload, pb.TrafficMatrix)
+                self.view.on_matrix(msg.payload)
+            elif msg.kind == "topology_change":
+                assert isinstance(msg.payload, pb.TopologyChange)
+                self.view.on_change(msg.payload)
+                self.pending_change = True
+            else:
+                self.counters.inc("ignored_" + msg.kind)
+                return []
+        except InputError as exc:
+            self.counters.inc("bad_" + msg.kind)
+            self.log.error("bad message dropped", topic=msg.topic, source=msg.source,
+                           error=str(exc))
+            return []
+        self.counters.inc("in_" + msg.kind)
+        return self.tick(now)
+
+    def tick(self, now: float) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        if self.pending_change and now - self.planned_at >= self.settings.min_interval_s:
+            self.pending_change = False
+            self.planned_at = now
+            out += self._plan(now)
+        if self.last is not None and not out and (
+                now - self.published_at >= self.settings.republish_s):
+            out += self._publish(self.last, now)
+            self.counters.inc("republished")
+        return out
+
+    def next_deadline(self, now: float) -> float:
+        """Seconds until tick has something to do (for the shell's wait)."""
+        waits = [self.settings.republish_s - (now - self.published_at)] if self.last else []
+        if self.pending_change:
+            waits.append(self.settings.min_interval_s - (now - self.planned_at))
+        return max(0.0, min(waits, default=self.settings.republish_s))
+
+    def _plan(self, now: float) -> list[Outgoing]:
+        try:
+            built = self.view.build(self.settings.inputs)
+            if built.unknown_nodes:
+                self.counters.inc("unknown_nodes", len(built.unknown_nodes))
+                self.log.warning("traffic names guests no forwarder reports; left out",
+                                 nodes=list(built.unknown_nodes[:20]))
+            outcome = make_plan(
+                built.problem, built.addressing, self.planner, self.history, now=now,
+                plan_id=self.plan_id + 1, generation=self.generation + 1,
+                based_on_change=self.view.change_id, settings=self.settings.plan,
+            )
+        except (InputError, PlannerFailed) as exc:
+            self.counters.inc("plan_failed")
+            self.log.error("no plan made", change=self.view.change_id, error=str(exc))
+            return []
+        self._fit(outcome.plan)
+        self.plan_id += 1
+        self.generation += 1
+        self.last = outcome
+        self.counters.inc("plans")
+        self.log.info("plan made", plan=self.plan_id, planner=self.planner.name,
+                      migrations=len(outcome.plan.migrations),
+                      links=len(outcome.overlay.links), cost_before=outcome.cost_before,
+                      cost_after=outcome.cost_after)
+        return self._publish(outcome, now)
+
+    def _fit(self, plan: pb.Plan) -> None:
+        """Keep the plan under the bus's message limit: the desired states go on
+        their own topics anyway, then the placement of guests that stay."""
+        limit = self.settings.max_plan_bytes
+        if plan.ByteSize() <= limit:
+            return
+        del plan.desired[:]
+        note = "\n(desired states left out of this message: see desired.<host>)"
+        if plan.ByteSize() > limit:
+            moved = {m.guest_id for m in plan.migrations}
+            kept = [p for p in plan.placement if p.guest_id in moved]
+            del plan.placement[:]
+            plan.placement.extend(kept)
+            note += "\n(placement lists only the guests that move)"
+        if plan.ByteSize() + len(note) > limit:
+            plan.explanation = plan.explanation[: max(0, limit - plan.ByteSize() - 200)]
+            note += "\n(explanation cut to fit)"
+        plan.explanation += note
+        self.counters.inc("plan_trimmed")
+
+    def _publish(self, outcome: PlanOutcome, now: float) -> list[Outgoing]:
+        self.published_at = now
+        out: list[Outgoing] = [(topics.PLAN, outcome.plan)]
+        out += [(topics.join(topics.DESIRED, d.host), d) for d in outcome.desired]
+        return out
+
+
+async def serve(bus: BusSettings, host: str, settings: ServiceSettings) -> None:
+    log = buslog.get()
+    settings = replace(settings, max_plan_bytes=min(settings.max_plan_bytes,
+                                                    bus.max_message_bytes - 4096))
+    core = PlannerCore(settings, registry.load(settings.algorithm))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    with BusClient(bus, "planner", host) as client:
+        for prefix in SUBSCRIPTIONS:
+            client.subscribe(prefix)
+        await client.ready()
+        log.info("planner on the bus", source=client.source, algorithm=settings.algorithm)
+        beats = asyncio.create_task(client.heartbeats(core.counters.snapshot))
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                receiving = asyncio.create_task(
+                    client.recv_batch(timeout=max(0.01, core.next_deadline(now))))
+                done, _ = await asyncio.wait({receiving, stopping},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if receiving not in done:
+                    receiving.cancel()
+                    break
+                out: list[Outgoing] = []
+                for msg in receiving.result():
+                    out += core.on_message(msg, time.monotonic())
+                out += core.tick(time.monotonic())
+                for topic, payload in out:
+                    client.publish(topic, payload)
+        finally:
+            beats.cancel()
+            stopping.cancel()
+    log.info("planner stopped", **core.counters.snapshot())

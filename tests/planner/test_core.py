@@ -1,0 +1,228 @@
+"""The world view and the service core, driven by messages and a fake clock."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from google.protobuf.message import Message
+
+from services.bus.envelope import BusMessage, payload_field
+from services.bus.pb import vnet_pb2 as pb
+from services.planner import estimate, registry
+from services.planner.inputs import InputSettings, WorldView
+from services.planner.model import InputError
+from services.planner.service import PlannerCore, ServiceSettings
+from tests.planner import world
+
+
+def message(topic: str, payload: Message, seq: int = 1) -> BusMessage:
+    return BusMessage(topic=topic, source="test@t", instance=1, seq=seq, ts=0.0,
+                      kind=payload_field(payload), payload=payload, size=0)
+
+
+def view() -> WorldView:
+    v = WorldView()
+    for s in world.states():
+        v.on_state(s)
+    return v
+
+
+class TestWorldView:
+    def test_problem_from_states_and_a_change(self) -> None:
+        v = view()
+        v.on_change(world.change())
+        built = v.build()
+        pr = built.problem
+        assert pr.hosts == ("h1", "h2", "p") and pr.proxy == 2
+        assert pr.guests == ("a", "c", "b", "d")
+        assert pr.current.tolist() == [0, 0, 1, 1]
+        assert sorted(pr.traffic.bytes_per_s.tolist()) == [2.5e7, 5e7]
+        assert built.addressing.star_links == ("star-h1", "star-h2", "")
+        assert built.addressing.guest_macs[0] == world.MACS["a"]
+
+    def test_nodes_by_mac_and_unknown_nodes(self) -> None:
+        v = view()
+        change = world.change()
+        change.nodes.append(world.MACS["d"].upper())
+        change.nodes.append("ghost")
+        change.edges.append(pb.Edge(src="a", dst=world.MACS["d"].upper(), bytes_per_s=7.0))
+        change.edges.append(pb.Edge(src="a", dst="ghost", bytes_per_s=7.0))
+        v.on_change(change)
+        built = v.build()
+        assert built.unknown_nodes == ("ghost",)
+        assert 7.0 in built.problem.traffic.bytes_per_s.tolist()
+
+    def test_matrix_input(self) -> None:
+        v = view()
+        v.on_matrix(pb.TrafficMatrix(nodes=["a", "b"], values=[0, 3, 1, 0]))
+        assert v.build().problem.traffic.bytes_per_s.tolist() == [4.0]
+
+    def test_down_star_link_makes_a_host_unreachable(self) -> None:
+        v = view()
+        v.on_state(world.state("h2", ["b", "d"], star_up=False))
+        v.on_change(world.change())
+        pr = v.build().problem
+        assert pr.is_reachable().tolist() == [True, False, True]
+        assert not pr.movable()[2:].any()
+
+    @pytest.mark.parametrize("bad", [
+        pb.TrafficMatrix(nodes=["a", "b"], values=[0, math.nan, 1, 0]),
+        pb.TrafficMatrix(nodes=["a", "b"], values=[0, -1, 1, 0]),
+        pb.TrafficMatrix(nodes=["a", "b"], values=[0, 1, 1]),
+    ])
+    def test_bad_matrix(self, bad: pb.TrafficMatrix) -> None:
+        with pytest.raises(InputError):
+            view().on_matrix(bad)
+
+    def test_bad_measurements_and_changes_and_states(self) -> None:
+        m = world.links("h1")
+        m.links[0].rtt_ms = -1.0
+        with pytest.raises(InputError, match="rtt_ms"):
+            view().on_links(m)
+        m.links[0].rtt_ms = 1.0
+        m.links[0].loss = math.inf
+        with pytest.raises(InputError, match="loss"):
+            view().on_links(m)
+        c = world.change()
+        c.edges.append(pb.Edge(src="a", dst="zz", bytes_per_s=1.0))
+        with pytest.raises(InputError, match="not in its node list"):
+            view().on_change(c)
+        c = world.change()
+        c.edges[0].bytes_per_s = math.nan
+        with pytest.raises(InputError, match="bytes_per_s"):
+            view().on_change(c)
+        s = world.state("h1", ["a"])
+        s.guests[0].mac = "not-a-mac"
+        with pytest.raises(InputError, match="MAC"):
+            view().on_state(s)
+
+    def test_empty_topology_and_no_states_make_no_problem(self) -> None:
+        v = view()
+        v.on_change(pb.TopologyChange(change_id=1))
+        with pytest.raises(InputError, match="no traffic"):
+            v.build()
+        with pytest.raises(InputError, match="no forwarder state"):
+            WorldView().build()
+        v = WorldView()
+        v.on_state(world.state("h1", ["a"]))
+        with pytest.raises(InputError, match="proxy"):
+            v.build()
+
+
+class TestEstimate:
+    def test_measured_links_and_the_path_through_the_proxy(self) -> None:
+        ms = {"h1": world.links("h1", rtt_ms=1.0), "h2": world.links("h2", rtt_ms=4.0)}
+        s = estimate.EstimateSettings(default_bps=1e9, window_bytes=1e5)
+        thr, rtt, up = estimate.matrices(("h1", "h2", "p"), 2, ms, {}, s)
+        # window/RTT: 8e5 bit / 1 ms = 800 Mbit/s; / 4 ms = 200 Mbit/s.
+        assert thr[0, 2] == pytest.approx(8e8) and thr[1, 2] == pytest.approx(2e8)
+        # h1-h2 has no link: through the proxy, the slower star link and the RTT sum.
+        assert thr[0, 1] == pytest.approx(2e8) and rtt[0, 1] == pytest.approx(5.0)
+        assert up == {(0, 2): True, (1, 2): True}
+
+    def test_carried_rate_raises_the_estimate_and_loss_lowers_it(self) -> None:
+        m = pb.LinkMeasurement(peer_host="p", up=True, rtt_ms=10.0, loss=0.01)
+        s = estimate.EstimateSettings()
+        mathis = 1400 * 8 / 0.01 * 1.22 / 0.1
+        assert estimate.link_bps(m, 0.0, s) == pytest.approx(mathis)
+        assert estimate.link_bps(m, 5e8, s) == 5e8
+
+
+class TestCore:
+    def core(self) -> PlannerCore:
+        settings = ServiceSettings(algorithm="noop", republish_s=5.0, min_interval_s=2.0)
+        return PlannerCore(settings, registry.load(settings.algorithm))
+
+    def feed(self, core: PlannerCore, now: float = 0.0) -> list[tuple[str, Message]]:
+        out: list[tuple[str, Message]] = []
+        for i, s in enumerate(world.states()):
+            out += core.on_message(message(f"state.{s.host}", s, i + 1), now)
+        out += core.on_message(message("links.h1", world.links("h1")), now)
+        return out
+
+    def test_plans_on_a_change_and_republishes(self) -> None:
+        core = self.core()
+        assert self.feed(core) == []  # no change yet: nothing to say
+        out = core.on_message(message("topology.change", world.change()), 1.0)
+        topics = [t for t, _ in out]
+        assert topics == ["plan", "desired.h1", "desired.h2", "desired.p"]
+        plan = out[0][1]
+        assert isinstance(plan, pb.Plan)
+        assert plan.plan_id == 1 and plan.based_on_change == 1
+        # A generation above any the forwarders hold (h2 reported 5).
+        assert all(d.generation == 6 for d in plan.desired)
+        assert core.tick(3.0) == []
+        again = core.tick(6.0)
+        assert [t for t, _ in again] == topics and core.counters["republished"] == 1
+
+    def test_changes_closer_than_the_interval_wait(self) -> None:
+        core = self.core()
+        self.feed(core)
+        assert core.on_message(message("topology.change", world.change(1)), 10.0)
+        assert core.on_message(message("topology.change", world.change(2), 2), 11.0) == []
+        assert core.next_deadline(11.0) == pytest.approx(1.0)
+        out = core.tick(12.0)
+        plan = out[0][1]
+        assert isinstance(plan, pb.Plan)
+        assert plan.plan_id == 2 and plan.based_on_change == 2
+
+    def test_bad_messages_are_counted_and_the_last_plan_stays(self) -> None:
+        core = self.core()
+        self.feed(core)
+        core.on_message(message("topology.change", world.change()), 0.0)
+        bad = pb.TrafficMatrix(nodes=["a", "b"], values=[0, math.nan, 0, 0])
+        assert core.on_message(message("traffic.matrix", bad, 2), 1.0) == []
+        assert core.counters["bad_traffic_matrix"] == 1
+        empty = pb.TopologyChange(change_id=9)
+        assert core.on_message(message("topology.change", empty, 3), 2.5) == []
+        assert core.counters["plan_failed"] == 1
+        assert core.last is not None and core.last.plan.plan_id == 1
+        assert next(t for t, _ in core.tick(20.0)) == "plan"
+
+
+def test_a_plan_too_big_for_the_bus_is_trimmed() -> None:
+    from services.bus.envelope import encode
+    from services.planner import synthetic
+    from services.planner.combine import Addressing, make_plan
+    from services.planner.stability import MoveHistory
+
+    pr = synthetic.problem(3000, 300, seed=1)
+    out = make_plan(pr, Addressing.plain(pr), registry.load("partition"), MoveHistory(),
+                    now=0.0, plan_id=1, generation=1)
+    assert out.plan.ByteSize() > 300_000
+    core = PlannerCore(ServiceSettings(max_plan_bytes=300_000), registry.load("noop"))
+    core._fit(out.plan)
+    assert out.plan.ByteSize() <= 300_000
+    assert not out.plan.desired and "left out" in out.plan.explanation
+    assert core.counters["plan_trimmed"] == 1
+    assert len(encode("plan", "planner@x", 1, 1, 0.0, out.plan)[1]) < 300_000 + 4096
+
+
+def test_a_star_link_without_a_peer_name_leads_to_the_proxy() -> None:
+    # The forwarder's own star LinkSpec carries the proxy's address, not its name.
+    v = view()
+    s = world.state("h2", ["b", "d"], star_up=False)
+    s.links[0].spec.peer_host = ""
+    v.on_state(s)
+    v.on_change(world.change())
+    m = world.links("h1", rtt_ms=2.0)
+    m.links[0].peer_host = ""
+    v.on_links(m)
+    built = v.build(InputSettings(estimate=estimate.EstimateSettings(window_bytes=1e5)))
+    assert built.addressing.star_links == ("star-h1", "star-h2", "")
+    assert built.problem.is_reachable().tolist() == [True, False, True]
+    assert built.problem.throughput_bps[0, 2] == pytest.approx(4e8)  # 8e5 bit / 2 ms
+
+
+def test_peak_rate_of_a_nameless_star_link_raises_its_estimate() -> None:
+    v = view()
+    v.on_change(world.change())
+    m = world.links("h1", rtt_ms=2.0)
+    m.links[0].peer_host = ""
+    m.links[0].tx_bps = 9e8
+    v.on_links(m)
+    m.links[0].tx_bps = 0.0  # later idle: the peak stays
+    v.on_links(m)
+    built = v.build(InputSettings(estimate=estimate.EstimateSettings(window_bytes=1e5)))
+    assert built.problem.throughput_bps[0, 2] == pytest.approx(9e8 + 1e6)
