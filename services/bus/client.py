@@ -71,7 +71,9 @@ class BusClient:
         self.counters = Counters()
         self._encoder = envelope.Encoder(self.source, self.instance)
         self.started = time.monotonic()
-        self._seq = 0
+        # Sequence numbers count per topic, so a subscriber to some of a
+        # source's topics sees no false gaps from the topics it skips.
+        self._seqs: dict[str, int] = {}
         self._tracker = SequenceTracker()
         self._pending: deque[BusMessage] = deque()
         self._log = buslog.get(component="bus")
@@ -101,9 +103,9 @@ class BusClient:
 
     def publish(self, topic: str, payload: Message, now: float | None = None) -> None:
         """Send one message; never blocks (dropped by ZeroMQ at the HWM)."""
-        self._seq += 1
+        seq = self._seqs[topic] = self._seqs.get(topic, 0) + 1
         topic_frame, body = self._encoder.encode(
-            topic, self._seq, time.time() if now is None else now, payload
+            topic, seq, time.time() if now is None else now, payload
         )
         try:
             # Two sends with int flags: a third of send_multipart's cost.
@@ -151,7 +153,9 @@ class BusClient:
             self.counters.inc("dropped_" + exc.reason)
             self._log.error("bus message dropped", reason=exc.reason, detail=exc.detail)
             return None
-        verdict, missed = self._tracker.observe(msg.source, msg.instance, msg.seq)
+        verdict, missed = self._tracker.observe(
+            (msg.source, msg.topic), msg.instance, msg.seq
+        )
         if verdict is SeqVerdict.STALE:
             self.counters.inc("dropped_stale")
             self._log.error(

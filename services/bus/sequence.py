@@ -1,4 +1,7 @@
-"""Per-source sequence tracking: PUB/SUB is lossy, so gaps are counted."""
+"""Sequence tracking per (source, topic): PUB/SUB is lossy, so gaps are counted.
+
+A publisher numbers each of its topics on its own, so a subscriber that
+follows only some of them still sees consecutive numbers."""
 
 from __future__ import annotations
 
@@ -21,13 +24,13 @@ class _Last:
 
 
 class SequenceTracker:
-    """Remembers the last (instance, seq) per source and judges each new one."""
+    """Remembers the last (instance, seq) per (source, topic); judges each new one."""
 
     def __init__(self) -> None:
-        self._last: dict[str, _Last] = {}
+        self._last: dict[tuple[str, str], _Last] = {}
         self.gaps = 0  # messages known lost, summed over sources
 
-    def observe(self, source: str, instance: int, seq: int) -> tuple[SeqVerdict, int]:
+    def observe(self, source: tuple[str, str], instance: int, seq: int) -> tuple[SeqVerdict, int]:
         """Judge one message; returns the verdict and how many were missed."""
         last = self._last.get(source)
         if last is None:

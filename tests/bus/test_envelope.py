@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from services.bus import envelope, topics
@@ -81,13 +79,14 @@ def test_truncated_envelope_is_rejected() -> None:
 
 def test_sequence_tracker_counts_gaps_restarts_and_stale() -> None:
     seq = SequenceTracker()
-    assert seq.observe("a", 1, 1) == (SeqVerdict.NEW_SOURCE, 0)
-    assert seq.observe("a", 1, 2) == (SeqVerdict.IN_ORDER, 0)
-    assert seq.observe("a", 1, 5) == (SeqVerdict.GAP, 2)
-    assert seq.observe("a", 1, 5) == (SeqVerdict.STALE, 0)
-    assert seq.observe("a", 2, 1) == (SeqVerdict.RESTART, 0)
-    assert seq.observe("a", 2, 3) == (SeqVerdict.GAP, 1)
-    assert seq.observe("b", 9, 100) == (SeqVerdict.NEW_SOURCE, 0)
+    a, b = ("a", "frames.h1"), ("a", "state.h1")
+    assert seq.observe(a, 1, 1) == (SeqVerdict.NEW_SOURCE, 0)
+    assert seq.observe(a, 1, 2) == (SeqVerdict.IN_ORDER, 0)
+    assert seq.observe(a, 1, 5) == (SeqVerdict.GAP, 2)
+    assert seq.observe(a, 1, 5) == (SeqVerdict.STALE, 0)
+    assert seq.observe(a, 2, 1) == (SeqVerdict.RESTART, 0)
+    assert seq.observe(a, 2, 3) == (SeqVerdict.GAP, 1)
+    assert seq.observe(b, 2, 100) == (SeqVerdict.NEW_SOURCE, 0)
     assert seq.gaps == 3
 
 
@@ -111,8 +110,8 @@ def test_fast_encoder_bytes_parse_as_the_reference_encoding(kind: str) -> None:
         raw_topic, body = fast.encode(topic, seq, ts, payload)
         reference = envelope.encode(topic, "svc@h", 2**63 + 5, seq, ts, payload)
         # Sizes may differ: the fast path writes seq and ts even when zero.
-        assert replace(envelope.decode([raw_topic, body]), size=0) == replace(
-            envelope.decode(reference), size=0)
+        assert envelope.decode([raw_topic, body])._replace(size=0) == envelope.decode(
+            reference)._replace(size=0)
         a, b = pb.Envelope(), pb.Envelope()
         a.ParseFromString(body)
         b.ParseFromString(reference[1])

@@ -1,0 +1,745 @@
+"""The forwarder's I/O shell: one asyncio loop around the pure core.
+
+Owns the guest attachments, the overlay listener and links (the star link
+to the proxy reconnects with backoff), keepalives, publishing on the bus and
+applying desired state. Every bad input is logged (rate-limited), counted in
+`counters` (reported in heartbeats) and dropped; the loop carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import ssl
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from services.bus import log as buslog
+from services.bus import topics
+from services.bus.client import BusClient
+from services.bus.counters import Counters
+from services.bus.pb import vnet_pb2 as pb
+from services.forwarder import desired, framing, messages
+from services.forwarder.attach import (
+    Attachment,
+    PacketAttachment,
+    QemuAttachment,
+    TapAttachment,
+    big_buffers,
+)
+from services.forwarder.capture import CaptureConn
+from services.forwarder.config import ForwarderSettings, GuestSpec, parse_address
+from services.forwarder.core import ForwarderCore, PortKind
+from services.forwarder.ethernet import MAX_GSO_FRAME, MIN_VFRAME, VNET_HDR_LEN
+from services.forwarder.framing import Hello, MsgType
+from services.forwarder.links import Link, StreamConn, UdpEndpoint
+from services.forwarder.linkstate import LinkStats
+
+_KIND = {"packet": pb.ATTACHMENT_PACKET, "tap": pb.ATTACHMENT_TAP,
+         "qemu": pb.ATTACHMENT_QEMU_STREAM}
+LAN_PORT = "lan"
+_TRANSPORTS = {"tcp": pb.TRANSPORT_TCP, "tls": pb.TRANSPORT_TLS, "udp": pb.TRANSPORT_UDP}
+_FRAME_HDR = b"\x06"
+
+
+def _drop(_: bytes) -> None:
+    """Sender of a removed port."""
+
+
+class Forwarder:
+    """One forwarder process: attachments, links, bus."""
+
+    def __init__(self, settings: ForwarderSettings, bus: BusClient | None = None) -> None:
+        settings.check()
+        self.s = settings
+        self.bus = bus
+        self.core = ForwarderCore(settings.host, settings.is_proxy, settings.star_link_id,
+                                  counting=settings.counting,
+                                  lan_port=LAN_PORT if settings.lan_iface else "")
+        self.counters = Counters()
+        self.log = buslog.get(component="forwarder")
+        self.links: dict[str, Link] = {}
+        self.managed: dict[str, pb.LinkSpec] = {}
+        self.udp_peers: dict[tuple[str, int], Link] = {}
+        self.attachments: dict[str, Attachment] = {}
+        self.senders: list[Callable[[bytes], None]] = []
+        self.generation = 0
+        self.rule_messages: list[pb.Rule] = []
+        self.interval_index = 0
+        self.listen_host, self.listen_port = parse_address(settings.listen)
+        self._dirty: set[Link] = set()
+        self._accepting: dict[StreamConn, float] = {}  # inbound, no handshake yet: since
+        self._udp: UdpEndpoint | None = None
+        self._servers: list[asyncio.base_events.Server] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._state_dirty = True
+        self._max_frame = settings.max_frame
+        self._server_ssl, self._client_ssl = _tls_contexts(settings)
+        self._captures: dict[int, list[CaptureConn]] = {}
+        self._clock = time.monotonic()  # refreshed every tick: cheap per-frame timestamps
+
+    # ------------------------------------------------------------ errors
+
+    def error(self, counter: str, detail: str, **extra: Any) -> None:
+        """Count, and log the first few and then every 1000th of each kind."""
+        self.counters.inc(counter)
+        n = self.counters[counter]
+        if n <= 5 or n % 1000 == 0:
+            self.log.error(detail, counter=counter, count=n, **extra)
+
+    # ------------------------------------------------------------ start / stop
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for spec in self.s.guests:
+            self._attach(spec, loop)
+        if self.s.lan_iface:
+            self._attach(GuestSpec(id=LAN_PORT, mac="", kind="packet", target=self.s.lan_iface),
+                         loop)
+        server = await loop.create_server(
+            lambda: self._new_inbound(), self.listen_host, self.listen_port, reuse_address=True
+        )
+        self._servers.append(server)
+        if self._server_ssl is not None:
+            tls_server = await loop.create_server(
+                lambda: self._new_inbound(), self.listen_host, self.listen_port + 1,
+                ssl=self._server_ssl, reuse_address=True,
+            )
+            self._servers.append(tls_server)
+        _, udp = await loop.create_datagram_endpoint(
+            lambda: UdpEndpoint(self), local_addr=(self.listen_host, self.listen_port)
+        )
+        self._udp = udp
+        if self.s.capture_socket:
+            self._servers.append(await loop.create_unix_server(
+                lambda: CaptureConn(self), self.s.capture_socket))
+        sock = udp.transport.get_extra_info("socket") if udp.transport else None
+        if sock is not None:
+            big_buffers(sock, 16 << 20)
+        if not self.s.is_proxy:
+            star = pb.LinkSpec(
+                id=self.s.star_link_id, peer_address=self.s.proxy_address,
+                transport=_TRANSPORTS[self.s.proxy_transport],
+                fast_path=False,
+            )
+            self._new_link(star, star=True, dialer=True)
+        self._tasks.append(loop.create_task(self._timers()))
+        if self.bus is not None:
+            self._tasks.append(loop.create_task(self._publish_loop()))
+            self._tasks.append(loop.create_task(self._desired_loop()))
+
+    def _attach(self, spec: GuestSpec, loop: asyncio.AbstractEventLoop) -> None:
+        if spec.mac:
+            port = self.core.add_guest(spec.id, spec.mac)
+        else:  # the LAN: many MACs behind one port
+            port = self.core.add_port(spec.id, PortKind.GUEST)
+
+        def on_frames(frames: list[bytes]) -> None:
+            self.ingest(port, frames)
+
+        att: Attachment
+        if spec.kind == "packet":
+            att = PacketAttachment(spec, on_frames, self._att_error)
+        elif spec.kind == "tap":
+            att = TapAttachment(spec, on_frames, self._att_error)
+        else:
+            att = QemuAttachment(spec, on_frames, self._att_error, self._max_frame)
+        self._set_sender(port, att.send)
+        self.attachments[spec.id] = att
+        att.start(loop)
+        self.log.info("guest attached", guest=spec.id, mac=spec.mac, kind=spec.kind,
+                      attachment=spec.target)
+
+    def _att_error(self, counter: str, detail: str) -> None:
+        self.error(counter, detail)
+
+    def _set_sender(self, port: int, sender: Callable[[bytes], None]) -> None:
+        while len(self.senders) <= port:
+            self.senders.append(_drop)
+        self.senders[port] = sender
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for link in list(self.links.values()):
+            self._remove_link(link.id)
+        for att in self.attachments.values():
+            att.close()
+        for conn in list(self._accepting):
+            conn.close()
+        for server in self._servers:
+            server.close()
+        if self._udp is not None and self._udp.transport is not None:
+            self._udp.transport.close()
+        if self.s.capture_socket:
+            with contextlib.suppress(OSError):
+                os.unlink(self.s.capture_socket)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------ data path
+
+    def ingest(self, ingress: int, vframes: list[bytes]) -> None:
+        """Route a batch of vframes from one port, then flush the links."""
+        if self._captures:
+            self._ingest_captured(ingress, vframes)
+            return
+        route = self.core.route
+        senders = self.senders
+        max_frame = self._max_frame + VNET_HDR_LEN
+        for vf in vframes:
+            n = len(vf)
+            if n < MIN_VFRAME:
+                self.error("runt", f"runt frame of {n - VNET_HDR_LEN} bytes from port {ingress}")
+                continue
+            if n > max_frame and (vf[1] == 0 or n > MAX_GSO_FRAME + VNET_HDR_LEN):
+                self.error("oversized", f"oversized frame of {n - VNET_HDR_LEN} bytes"
+                           f" from port {ingress} (MTU {self.s.mtu})")
+                continue
+            for out in route(ingress, vf):
+                senders[out](vf)
+        if self._dirty:
+            self.flush()
+
+    def _ingest_captured(self, ingress: int, vframes: list[bytes]) -> None:
+        """ingest() with a capture running: mirror what enters or leaves a port."""
+        caps = self._captures
+        for vf in vframes:
+            for conn in caps.get(ingress, ()):
+                conn.mirror(vf)
+        batch = list(vframes)
+        captures, self._captures = self._captures, {}
+        try:
+            self.ingest(ingress, batch)
+        finally:
+            self._captures = captures
+        # Egress: run the (pure, cached) decision again for the mirror only.
+        if any(p != ingress for p in caps):
+            for vf in vframes:
+                if len(vf) < MIN_VFRAME:
+                    continue
+                key_out = self.core.peek(ingress, vf)
+                for out in key_out:
+                    for conn in caps.get(out, ()):
+                        conn.mirror(vf)
+
+    def start_capture(self, conn: CaptureConn, port_name: str) -> str | None:
+        port = self.core.by_name.get(port_name)
+        if port is None:
+            names = ", ".join(sorted(self.core.by_name))
+            return f"no port {port_name!r} on {self.s.host} (ports: {names})"
+        conn.port = port
+        self._captures.setdefault(port, []).append(conn)
+        self.log.info("capture started", port=port_name)
+        return None
+
+    def stop_capture(self, conn: CaptureConn) -> None:
+        conns = self._captures.get(conn.port, [])
+        if conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self._captures[conn.port]
+            self.counters.inc("capture_dropped", conn.dropped)
+            self.log.info("capture stopped", port=conn.port, dropped=conn.dropped)
+
+    def flush(self) -> None:
+        for link in self._dirty:
+            conn = link.conn
+            if conn is not None and conn.transport is not None and link.pending:
+                conn.write_many(link.pending)
+            link.pending.clear()
+            link.pending_bytes = 0
+        self._dirty.clear()
+
+    def _link_sender(self, link: Link) -> Callable[[bytes], None]:
+        stats = link.stats
+        limit = self.s.max_link_buffer
+        dirty = self._dirty
+        header = framing.frame_header
+
+        def send_stream(vf: bytes) -> None:
+            conn = link.conn
+            if conn is None or not link.up or link.pending_bytes + conn.buffered() > limit:
+                stats.drops += 1
+                return
+            link.pending.append(header(len(vf)))
+            link.pending.append(vf)
+            link.pending_bytes += len(vf) + 5
+            stats.tx_frames += 1
+            stats.tx_bytes += len(vf) - VNET_HDR_LEN
+            dirty.add(link)
+
+        def send_udp(vf: bytes) -> None:
+            udp = self._udp
+            if udp is None or udp.transport is None or link.udp_addr is None or not link.up:
+                stats.drops += 1
+                return
+            try:
+                udp.transport.sendto(_FRAME_HDR + vf, link.udp_addr)
+            except OSError as exc:
+                stats.drops += 1
+                self.error("udp_send_error", f"link {link.id}: {exc} ({len(vf)} bytes)")
+                return
+            stats.tx_frames += 1
+            stats.tx_bytes += len(vf) - VNET_HDR_LEN
+
+        return send_udp if link.udp else send_stream
+
+    # ------------------------------------------------------------ links
+
+    def _new_link(self, spec: pb.LinkSpec, *, star: bool, dialer: bool) -> Link:
+        port = self.core.add_link(spec.id, star=star, up=False)
+        link = Link(spec=spec, port=port, star=star, dialer=dialer,
+                    stats=LinkStats(keepalive_s=self.s.keepalive_s))
+        self.links[spec.id] = link
+        self._set_sender(port, self._link_sender(link))
+        if dialer:
+            if link.udp:
+                try:
+                    link.udp_addr = parse_address(spec.peer_address)
+                    self.udp_peers[link.udp_addr] = link
+                except ValueError as exc:
+                    self.error("link_rejected", str(exc), link=spec.id)
+            else:
+                link.task = asyncio.get_running_loop().create_task(self._dial(link))
+        self._state_dirty = True
+        self.log.info("link added", link=spec.id, peer=spec.peer_host or spec.peer_address,
+                      transport=pb.Transport.Name(spec.transport), dialer=dialer)
+        return link
+
+    def _remove_link(self, link_id: str) -> None:
+        link = self.links.pop(link_id, None)
+        if link is None:
+            return
+        link.removed = True
+        if link.task is not None:
+            link.task.cancel()
+        if link.conn is not None:
+            conn, link.conn = link.conn, None
+            conn.close()
+        if link.udp_addr is not None and self.udp_peers.get(link.udp_addr) is link:
+            del self.udp_peers[link.udp_addr]
+        self._dirty.discard(link)
+        self.core.remove_port(link_id)
+        self._set_sender(link.port, _drop)
+        self._state_dirty = True
+        self.log.info("link removed", link=link_id)
+
+    def _set_up(self, link: Link, up: bool, now: float) -> None:
+        if link.up == up:
+            return
+        link.up = up
+        if up:
+            link.up_since = time.time()
+            link.stats.last_rx = now
+            link.stats.next_ping_at = now
+        else:
+            link.reconnects += 1
+        macs = link.peer_macs if (self.s.is_proxy and link.star) else ()
+        self.core.set_link_up(link.id, up, macs)
+        self._state_dirty = True
+        (self.log.info if up else self.log.warning)(
+            "link up" if up else "link down", link=link.id, peer=link.spec.peer_host)
+
+    async def _dial(self, link: Link) -> None:
+        """Connect, handshake, stay until the connection drops; again with backoff."""
+        loop = asyncio.get_running_loop()
+        tls = link.spec.transport == pb.TRANSPORT_TLS
+        while not link.removed:
+            conn: StreamConn | None = None
+            try:
+                host, port = parse_address(link.spec.peer_address)
+                if tls and self._client_ssl is None:
+                    raise ValueError(f"link {link.id} wants TLS but no --tls-cert is configured")
+                _, proto = await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: StreamConn(self, True, link), host, port + 1 if tls else port,
+                        ssl=self._client_ssl if tls else None,
+                        server_hostname="vnet" if tls else None,
+                    ),
+                    self.s.handshake_s,
+                )
+                conn = proto
+                _tune(proto)
+                proto.write(framing.encode(MsgType.HELLO, self._hello(link).encode()))
+                if await asyncio.wait_for(proto.welcomed, self.s.handshake_s):
+                    link.conn = proto
+                    self._set_up(link, True, time.monotonic())
+                    link.backoff.reset()
+                    await proto.closed
+            except (OSError, TimeoutError, ValueError, ssl.SSLError) as exc:
+                self.error("link_connect_failed", f"link {link.id} to {link.spec.peer_address}:"
+                           f" {exc or type(exc).__name__}")
+            finally:
+                if conn is not None:
+                    conn.close()
+            if link.removed:
+                break
+            await asyncio.sleep(link.backoff.next_delay())
+
+    def _hello(self, link: Link) -> Hello:
+        """Star links announce this host's guests to the proxy; fast paths do not."""
+        macs = tuple(g.mac for g in self.s.guests) if link.star else ()
+        return Hello(self.s.host, link.id, not link.star, macs)
+
+    def _new_inbound(self) -> StreamConn:
+        conn = StreamConn(self, dialer=False)
+        self._accepting[conn] = time.monotonic()
+        return conn
+
+    def _refuse(self, conn: StreamConn, counter: str, detail: str) -> None:
+        self.error(counter, detail, peer=conn.peer)
+        conn.write(framing.encode(MsgType.REFUSE, detail.encode()))
+        conn.close()
+
+    def _admit(self, hello: Hello, transport: Any) -> Link | str:
+        """The link an inbound handshake binds to, or why it is refused."""
+        if self.s.members and hello.host not in self.s.members:
+            return f"link from {hello.host!r} refused: not in the membership"
+        if hello.host == self.s.host:
+            return f"link from {hello.host!r} refused: that is this host"
+        if not hello.fast_path and not self.s.is_proxy:
+            return f"star link from {hello.host!r} refused: {self.s.host} is not the proxy"
+        link = self.links.get(hello.link_id)
+        if link is not None:
+            if link.spec.peer_host and link.spec.peer_host != hello.host:
+                return (f"link {hello.link_id!r} belongs to {link.spec.peer_host!r},"
+                        f" not {hello.host!r}")
+            if link.dialer:
+                return f"link {hello.link_id!r} is dialled from this side"
+            return link
+        spec = pb.LinkSpec(id=hello.link_id, peer_host=hello.host, transport=transport,
+                           fast_path=hello.fast_path)
+        return self._new_link(spec, star=not hello.fast_path, dialer=False)
+
+    # LinkOwner callbacks --------------------------------------------------
+
+    def on_stream_message(self, conn: StreamConn, kind: int, body: bytes) -> None:
+        link = conn.link
+        if kind == MsgType.FRAME:
+            if link is None or link.conn is not conn:
+                self._refuse(conn, "link_frame_before_hello", "frame before the handshake")
+                return
+            stats = link.stats
+            stats.rx_frames += 1
+            stats.rx_bytes += len(body) - VNET_HDR_LEN
+            stats.last_rx = self._clock  # traffic proves liveness as well as pongs do
+            self.ingest(link.port, [body])
+            return
+        now = time.monotonic()
+        try:
+            if kind == MsgType.PING:
+                conn.write(framing.encode(MsgType.PONG, body))
+                if link is not None:
+                    link.stats.on_receive(now)
+            elif kind == MsgType.PONG:
+                if link is not None:
+                    seq, _ = framing.parse_ping(body)
+                    link.stats.on_pong(seq, now)
+            elif kind == MsgType.HELLO and not conn.dialer and link is None:
+                self._on_hello(conn, Hello.decode(body))
+            elif kind == MsgType.WELCOME and conn.dialer and not conn.welcomed.done():
+                peer = body.decode(errors="replace")
+                if conn.link is not None and not conn.link.spec.peer_host:
+                    conn.link.spec.peer_host = peer
+                conn.welcomed.set_result(True)
+            elif kind == MsgType.REFUSE and conn.dialer:
+                reason = body.decode(errors="replace")
+                self.error("link_refused_by_peer", f"peer refused link {conn.peer}: {reason}")
+                conn.close()
+            else:
+                self._refuse(conn, "link_bad_message", f"unexpected {MsgType(kind).name} message")
+        except framing.BadStream as exc:
+            self._refuse(conn, "link_" + exc.reason, exc.detail)
+
+    def _on_hello(self, conn: StreamConn, hello: Hello) -> None:
+        transport = pb.TRANSPORT_TLS if conn.transport is not None and \
+            conn.transport.get_extra_info("ssl_object") is not None else pb.TRANSPORT_TCP
+        admitted = self._admit(hello, transport)
+        if isinstance(admitted, str):
+            self._refuse(conn, "link_refused", admitted)
+            return
+        link = admitted
+        self._accepting.pop(conn, None)
+        if link.conn is not None and link.conn is not conn:
+            old = link.conn
+            link.conn = None
+            self._set_up(link, False, time.monotonic())
+            old.close()
+        conn.link = link
+        link.conn = conn
+        link.peer_macs = hello.guest_macs
+        _tune(conn)
+        conn.write(framing.encode(MsgType.WELCOME, self.s.host.encode()))
+        self._set_up(link, True, time.monotonic())
+
+    def on_stream_error(self, conn: StreamConn, reason: str, detail: str) -> None:
+        link = conn.link.id if conn.link is not None else ""
+        self.error(reason, f"garbage on link {link or conn.peer}: {detail}", peer=conn.peer)
+
+    def on_stream_lost(self, conn: StreamConn) -> None:
+        self._accepting.pop(conn, None)
+        link = conn.link
+        if link is None or link.conn is not conn or link.removed:
+            return
+        link.conn = None
+        link.pending.clear()
+        link.pending_bytes = 0
+        self._set_up(link, False, time.monotonic())
+        if not link.dialer and not link.star and link.id not in self.managed:
+            self._remove_link(link.id)
+
+    def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            kind, body = framing.decode_datagram(data)
+        except framing.BadStream as exc:
+            self.error("udp_" + exc.reason, f"garbage datagram from {addr}: {exc.detail}")
+            return
+        link = self.udp_peers.get(addr)
+        if kind == MsgType.FRAME:
+            if link is None or not link.up:
+                self.error("udp_unknown_peer", f"frame from {addr[0]}:{addr[1]}, no link up")
+                return
+            link.stats.rx_frames += 1
+            link.stats.rx_bytes += len(body) - VNET_HDR_LEN
+            link.stats.last_rx = self._clock
+            self.ingest(link.port, [body])
+            return
+        now = time.monotonic()
+        udp = self._udp
+        assert udp is not None and udp.transport is not None
+        try:
+            if kind == MsgType.HELLO:
+                hello = Hello.decode(body)
+                admitted = self._admit(hello, pb.TRANSPORT_UDP)
+                if isinstance(admitted, str):
+                    self.error("link_refused", admitted, peer=f"{addr[0]}:{addr[1]}")
+                    udp.transport.sendto(framing.datagram(MsgType.REFUSE, admitted.encode()), addr)
+                    return
+                if admitted.udp_addr is not None and admitted.udp_addr != addr:
+                    self.udp_peers.pop(admitted.udp_addr, None)
+                admitted.udp_addr = addr
+                admitted.peer_macs = hello.guest_macs
+                self.udp_peers[addr] = admitted
+                udp.transport.sendto(framing.datagram(MsgType.WELCOME, self.s.host.encode()), addr)
+                self._set_up(admitted, True, now)
+            elif link is None:
+                self.error("udp_unknown_peer", f"{MsgType(kind).name} from unknown {addr}")
+            elif kind == MsgType.WELCOME:
+                if not link.spec.peer_host:
+                    link.spec.peer_host = body.decode(errors="replace")
+                self._set_up(link, True, now)
+            elif kind == MsgType.PING:
+                link.stats.on_receive(now)
+                udp.transport.sendto(framing.datagram(MsgType.PONG, body), addr)
+            elif kind == MsgType.PONG:
+                seq, _ = framing.parse_ping(body)
+                link.stats.on_pong(seq, now)
+            elif kind == MsgType.REFUSE:
+                self.error("link_refused_by_peer", f"peer refused UDP link {link.id}:"
+                           f" {body.decode(errors='replace')}")
+        except framing.BadStream as exc:
+            self.error("udp_" + exc.reason, f"bad datagram from {addr}: {exc.detail}")
+
+    # ------------------------------------------------------------ timers
+
+    async def _timers(self) -> None:
+        tick = min(0.1, self.s.keepalive_s / 2)
+        while True:
+            self.tick(time.monotonic())
+            await asyncio.sleep(tick)
+
+    def tick(self, now: float) -> None:
+        """Keepalives, dead-link detection, UDP handshakes."""
+        self._clock = now
+        for conn, since in list(self._accepting.items()):
+            if now - since > self.s.handshake_s:
+                self._refuse(conn, "link_hello_timeout",
+                             f"no handshake from {conn.peer} within {self.s.handshake_s:g}s")
+                self._accepting.pop(conn, None)
+        udp = self._udp
+        for link in list(self.links.values()):
+            if link.up:
+                if not link.stats.alive(now):
+                    self.error("link_timeout", f"link {link.id}: nothing received for"
+                               f" {now - link.stats.last_rx:.1f}s, closing")
+                    if link.udp:
+                        self._set_up(link, False, now)
+                    elif link.conn is not None:
+                        link.conn.close()
+                    continue
+                seq = link.stats.ping_due(now)
+                if seq is None:
+                    continue
+                body = framing.ping_body(seq, now)
+                if link.udp and link.udp_addr is not None and udp and udp.transport:
+                    udp.transport.sendto(framing.datagram(MsgType.PING, body), link.udp_addr)
+                elif link.conn is not None:
+                    link.conn.write(framing.encode(MsgType.PING, body))
+            elif (link.udp and link.dialer and link.udp_addr and udp and udp.transport
+                  and now >= link.stats.next_ping_at):
+                link.stats.next_ping_at = now + min(self.s.keepalive_s, 0.2)
+                udp.transport.sendto(framing.datagram(MsgType.HELLO, self._hello(link).encode()),
+                                     link.udp_addr)
+
+    # ------------------------------------------------------------ bus
+
+    def link_views(self) -> list[messages.LinkView]:
+        return [messages.LinkView(spec=link.spec, up=link.up, up_since=link.up_since,
+                                  reconnects=link.reconnects, stats=link.stats)
+                for link in self.links.values()]
+
+    def state(self) -> pb.ForwarderState:
+        return messages.forwarder_state(
+            host=self.s.host, is_proxy=self.s.is_proxy, generation=self.generation,
+            listen_address=self.s.listen, links=self.link_views(), rules=self.rule_messages,
+            guests=[pb.Guest(id=g.id, mac=g.mac, ip=g.ip, kind=_KIND[g.kind],
+                             attachment=g.target) for g in self.s.guests],
+        )
+
+    def publish_frames(self, interval_s: float) -> None:
+        assert self.bus is not None
+        self.interval_index += 1
+        msg = messages.frame_counts(self.s.host, self.interval_index, interval_s,
+                                    self.core.pairs.cut())
+        self.bus.publish(topics.join(topics.FRAMES, self.s.host), msg)
+
+    def publish_links_and_state(self, interval_s: float) -> None:
+        assert self.bus is not None
+        now = time.monotonic()
+        self.bus.publish(topics.join(topics.LINKS, self.s.host),
+                         messages.link_measurements(self.s.host, interval_s, self.link_views(),
+                                                    now))
+        self.bus.publish(topics.join(topics.STATE, self.s.host), self.state())
+        self._state_dirty = False
+
+    async def _publish_loop(self) -> None:
+        frames_s = 1.0 / self.s.update_rate_hz
+        loop = asyncio.get_running_loop()
+        next_frames = next_state = loop.time()
+        while True:
+            now = loop.time()
+            if now >= next_frames:
+                self.publish_frames(frames_s)
+                next_frames = max(next_frames + frames_s, now)
+            if now >= next_state or self._state_dirty:
+                self.publish_links_and_state(self.s.state_interval_s)
+                next_state = max(next_state + self.s.state_interval_s, now)
+            await asyncio.sleep(max(0.0, min(next_frames, next_state) - loop.time()))
+
+    async def _desired_loop(self) -> None:
+        assert self.bus is not None
+        prefix = topics.join(topics.DESIRED, self.s.host)
+        while True:
+            for msg in await self.bus.recv_batch(timeout=1.0):
+                if not topics.exact(msg.topic, prefix):
+                    continue
+                assert isinstance(msg.payload, pb.DesiredState)
+                self.apply(msg.payload)
+
+    def apply(self, want: pb.DesiredState) -> desired.Operations | None:
+        """Apply a desired state; refused or partly rejected input is counted."""
+        try:
+            ops = desired.plan(
+                host=self.s.host, generation=self.generation, links=self.managed,
+                rules=self.rule_messages, desired=want, guests=set(self.attachments),
+                fixed_links={self.s.star_link_id} if not self.s.is_proxy else set(),
+                members=self.s.members,
+            )
+        except desired.Refused as exc:
+            self.error(exc.reason, exc.detail)
+            return None
+        for counter, detail in ops.rejected:
+            self.error(counter, detail, generation=ops.generation)
+        for link_id in [*ops.remove_links, *(s.id for s in ops.replace_links)]:
+            self.managed.pop(link_id, None)
+            self._remove_link(link_id)
+        for spec in [*ops.add_links, *ops.replace_links]:
+            self.managed[spec.id] = spec
+            existing = self.links.get(spec.id)
+            if existing is not None and not existing.dialer:
+                existing.spec = spec  # the peer dialled first: adopt its connection
+                continue
+            dialer = bool(spec.peer_address) and self.s.host < spec.peer_host
+            copy = pb.LinkSpec()
+            copy.CopyFrom(spec)
+            self._new_link(copy, star=False, dialer=dialer)
+        if ops.rules_changed:
+            self.core.set_rules(list(ops.rules))
+            self.rule_messages = list(ops.rule_messages)
+        if ops.generation != self.generation or not ops.empty:
+            self.log.info("desired state applied", generation=ops.generation,
+                          added=[s.id for s in ops.add_links], removed=list(ops.remove_links),
+                          rules=len(ops.rules))
+        self.generation = ops.generation
+        self._state_dirty = True
+        return ops
+
+
+def _tune(conn: StreamConn) -> None:
+    import socket
+
+    if conn.transport is None:
+        return
+    sock = conn.transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    conn.transport.set_write_buffer_limits(high=4 << 20)
+
+
+def _tls_contexts(s: ForwarderSettings) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """Mutual TLS with one shared CA (a self-signed cert works as its own CA)."""
+    if not s.tls_cert:
+        return None, None
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(s.tls_cert, s.tls_key or None)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_cert_chain(s.tls_cert, s.tls_key or None)
+    ca = s.tls_ca or s.tls_cert
+    client.load_verify_locations(ca)
+    server.load_verify_locations(ca)
+    server.verify_mode = ssl.CERT_REQUIRED
+    client.check_hostname = False
+    return server, client
+
+
+def ready_line(fwd: Forwarder) -> str:
+    """The line a launcher reads to know the forwarder is attached and listening."""
+    return json.dumps({"ready": True, "host": fwd.s.host, "listen": fwd.s.listen,
+                       "guests": sorted(fwd.attachments)})
+
+
+async def serve(settings: ForwarderSettings, bus: BusClient | None, stop: asyncio.Event) -> int:
+    fwd = Forwarder(settings, bus)
+    if bus is not None:
+        bus.subscribe(topics.join(topics.DESIRED, settings.host))
+        try:
+            await bus.ready(timeout=10.0)
+        except TimeoutError as exc:
+            fwd.log.error("bus not ready, forwarding anyway", error=str(exc))
+    try:
+        await fwd.start()
+    except OSError as exc:
+        fwd.log.error("forwarder cannot start", error=str(exc))
+        await fwd.stop()
+        return 1
+    heart: asyncio.Task[None] | None = None
+    if bus is not None:
+        def extra() -> dict[str, int]:
+            return {**fwd.counters.snapshot(), **fwd.core.counters}
+        heart = asyncio.get_running_loop().create_task(bus.heartbeats(extra))
+    print(ready_line(fwd), flush=True)
+    sys.stdout.flush()
+    fwd.log.info("forwarder running", listen=settings.listen, proxy=settings.is_proxy)
+    try:
+        await stop.wait()
+    finally:
+        if heart is not None:
+            heart.cancel()
+            await asyncio.gather(heart, return_exceptions=True)
+        await fwd.stop()
+        fwd.log.info("forwarder stopped", **fwd.counters.snapshot())
+    return 0

@@ -1,0 +1,187 @@
+"""Overlay link I/O: stream connections (TCP, TLS) and the shared UDP endpoint.
+
+These only move bytes: they decode the wire format (framing.py) and hand
+each message to the daemon, which owns the meaning (handshake, membership,
+keepalives, frames).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+from typing import Protocol, cast
+
+from services.bus.pb import vnet_pb2 as pb
+from services.forwarder import framing
+from services.forwarder.linkstate import Backoff, LinkStats
+
+
+class LinkOwner(Protocol):
+    def on_stream_message(self, conn: StreamConn, kind: int, body: bytes) -> None: ...
+    def on_stream_error(self, conn: StreamConn, reason: str, detail: str) -> None: ...
+    def on_stream_lost(self, conn: StreamConn) -> None: ...
+    def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None: ...
+
+
+_IOV_MAX = 1024
+RECV_BUFFER = 1 << 20  # per connection; a partial message is at most ~64 KB
+RECV_CHUNK = 256 << 10
+
+
+class StreamConn(asyncio.BufferedProtocol):
+    """One TCP or TLS connection carrying link messages.
+
+    Receives straight into one preallocated buffer (no allocation per read);
+    only each message body is copied out.
+    """
+
+    def __init__(self, owner: LinkOwner, dialer: bool, link: Link | None = None) -> None:
+        self.owner = owner
+        self.dialer = dialer
+        self.link = link  # bound after the handshake on the accepting side
+        self.transport: asyncio.Transport | None = None
+        self.decoder = framing.StreamDecoder()
+        self.peer = ""
+        self.closed = asyncio.get_running_loop().create_future()
+        self.welcomed = asyncio.get_running_loop().create_future()
+        self._buf = bytearray(RECV_BUFFER)
+        self._start = 0  # first unparsed byte
+        self._end = 0  # end of received bytes
+        self._fd = -1  # the plain TCP socket's fd for gathering writes
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        sock = transport.get_extra_info("socket")
+        plain = transport.get_extra_info("ssl_object") is None
+        self._fd = sock.fileno() if sock is not None and plain else -1
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if len(self._buf) - self._end < RECV_CHUNK:
+            pending = self._end - self._start
+            self._buf[:pending] = self._buf[self._start : self._end]
+            self._start, self._end = 0, pending
+        return memoryview(self._buf)[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._end += nbytes
+        try:
+            messages, self._start = self.decoder.parse(self._buf, self._start, self._end)
+        except framing.BadStream as exc:
+            self.owner.on_stream_error(self, "link_" + exc.reason, exc.detail)
+            self.close()
+            return
+        if self._start == self._end:
+            self._start = self._end = 0
+        for kind, body in messages:
+            self.owner.on_stream_message(self, kind, body)
+            if self.transport is None:
+                return
+
+    @property
+    def pending(self) -> int:
+        return self._end - self._start
+
+    def data_received(self, data: bytes) -> None:
+        """The plain-Protocol path (asyncio's TLS transport may use it)."""
+        view = self.get_buffer(len(data))
+        if len(data) > len(view):
+            self.owner.on_stream_error(self, "link_bad_length", "message larger than the buffer")
+            self.close()
+            return
+        view[: len(data)] = data
+        view.release()
+        self.buffer_updated(len(data))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if not self.welcomed.done():
+            self.welcomed.set_result(False)
+        self.owner.on_stream_lost(self)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def write_many(self, pieces: list[bytes]) -> None:
+        """Send pieces with one gathering write (no join copy) when nothing is queued.
+
+        Only on plain TCP with asyncio's buffer empty, so order is kept; what
+        the kernel does not take goes to the transport's buffer as usual.
+        """
+        t = self.transport
+        if t is None:
+            return
+        if self._fd < 0 or t.get_write_buffer_size() or t.is_closing():
+            t.write(b"".join(pieces))
+            return
+        try:
+            sent = os.writev(self._fd, pieces[:_IOV_MAX])
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            t.write(b"".join(pieces))  # let the transport see and report the error
+            return
+        rest = b"".join(pieces)[sent:] if sent < sum(map(len, pieces)) else b""
+        if rest:
+            t.write(rest)
+
+    def buffered(self) -> int:
+        return 0 if self.transport is None else self.transport.get_write_buffer_size()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+
+class UdpEndpoint(asyncio.DatagramProtocol):
+    """The forwarder's one UDP socket; every UDP link shares it."""
+
+    def __init__(self, owner: LinkOwner) -> None:
+        self.owner = owner
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        self.owner.on_datagram(data, (str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors (peer not listening yet): keepalives handle liveness
+
+
+@dataclass(eq=False)
+class Link:
+    """One overlay link: its spec, its port in the core, its connection and counters."""
+
+    spec: pb.LinkSpec
+    port: int
+    star: bool
+    dialer: bool
+    stats: LinkStats
+    conn: StreamConn | None = None
+    udp_addr: tuple[str, int] | None = None
+    up: bool = False
+    up_since: float = 0.0
+    reconnects: int = 0
+    peer_macs: tuple[str, ...] = ()
+    backoff: Backoff = field(default_factory=Backoff)
+    task: asyncio.Task[None] | None = None
+    pending: list[bytes] = field(default_factory=list)
+    pending_bytes: int = 0
+    removed: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def udp(self) -> bool:
+        return self.spec.transport == pb.TRANSPORT_UDP
