@@ -6,10 +6,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages the tests, demo and benchmarks use.
-APT_PACKAGES := iproute2 iputils-ping iperf3 ethtool tcpdump procps
+APT_PACKAGES := iproute2 iputils-ping iperf3 ethtool tcpdump procps openssl \
+	qemu-system-x86 busybox-static cpio
 BENCH ?=
 
-.PHONY: all venv apt test demo proto proto-check lint bench lock clean
+VM_DIR := build/vm
+
+.PHONY: all venv apt vm test demo proto proto-check lint bench lock clean
 
 all: test
 
@@ -28,10 +31,16 @@ apt:
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-test: venv apt
+# The tiny test VM (Debian's cloud kernel + a busybox initramfs) for QEMU guests.
+$(VM_DIR)/initrd.img: services/testbed/vm/build.sh services/testbed/vm/init | apt
+	bash services/testbed/vm/build.sh $(VM_DIR)
+
+vm: $(VM_DIR)/initrd.img
+
+test: venv apt vm
 	$(VENV)/bin/pytest
 
 demo: venv apt
@@ -45,7 +54,7 @@ lint: venv
 	$(VENV)/bin/ruff check services tests bench
 	$(VENV)/bin/mypy services
 
-bench: venv apt
+bench: venv apt vm
 	$(PY) -m bench $(BENCH)
 
 # Re-resolve the pinned versions in a scratch virtualenv.
@@ -57,4 +66,4 @@ lock:
 	rm -rf .lockenv
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
