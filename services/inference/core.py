@@ -26,6 +26,7 @@ of the window as usual, so the node neither doubles nor vanishes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -52,6 +53,7 @@ from services.inference.window import (
     MIN_INTERVAL_S,
     Accumulator,
     FloatArray,
+    IndexArray,
     PairBatch,
     valid_interval,
 )
@@ -121,19 +123,66 @@ class InferenceCore:
                 self._first_counts_t = now
         return errors
 
+    def _records(
+        self, fc: pb.FrameCounts, errors: list[str]
+    ) -> tuple[IndexArray, IndexArray, FloatArray, FloatArray, Callable[[int], tuple[str, str]]
+               ] | None:
+        """Guest codes, bytes and totals of every record, from either form.
+
+        Columns decode as numpy arrays: a MAC is classified once per message,
+        not once per record. Returns None when there are no records.
+        """
+        parts: list[tuple[IndexArray, IndexArray, FloatArray, FloatArray,
+                          Callable[[int], tuple[str, str]]]] = []
+        if fc.pairs:
+            rows = [(p.src_mac, p.dst_mac, p.bytes, p.total_bytes) for p in fc.pairs]
+            smacs, dmacs, nbytes, totals = (list(c) for c in zip(*rows, strict=True))
+            parts.append((
+                np.asarray(self.guests.codes(tuple(smacs)), dtype=np.intp),
+                np.asarray(self.guests.codes(tuple(dmacs)), dtype=np.intp),
+                np.asarray(nbytes, dtype=np.float64), np.asarray(totals, dtype=np.float64),
+                lambda k: (smacs[k], dmacs[k]),
+            ))
+        cols = fc.columns
+        if cols.src:
+            macs = list(cols.macs)
+            n = len(cols.src)
+            lengths = {len(cols.dst), len(cols.bytes), len(cols.total_bytes)}
+            sidx = np.array(cols.src, dtype=np.intp)
+            didx = np.array(cols.dst, dtype=np.intp)
+            if lengths != {n} or max(int(sidx.max()), int(didx.max())) >= len(macs):
+                self.counters.inc("pairs_malformed", n)
+                errors.append(
+                    f"host {fc.host!r}: pair columns disagree ({n} sources, lengths"
+                    f" {sorted(lengths)}, {len(macs)} MACs), dropped"
+                )
+            else:
+                table = np.asarray(self.guests.codes(tuple(macs)), dtype=np.intp)
+                parts.append((
+                    table[sidx], table[didx],
+                    np.array(cols.bytes, dtype=np.float64),
+                    np.array(cols.total_bytes, dtype=np.float64),
+                    lambda k: (macs[int(sidx[k])], macs[int(didx[k])]),
+                ))
+        if not parts:
+            return None
+        if len(parts) == 1:
+            return parts[0]
+        return (
+            np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]),
+            _joined(parts[0][4], len(parts[0][0]), parts[1][4]),
+        )
+
     def _pairs(self, fc: pb.FrameCounts, errors: list[str]) -> PairBatch:
         """The pairs that are application traffic counted at the source's host.
 
         Vectorised: one pass over the protobuf pairs, then numpy masks.
         """
-        rows = [(p.src_mac, p.dst_mac, p.bytes, p.total_bytes) for p in fc.pairs]
-        if not rows:
+        records = self._records(fc, errors)
+        if records is None:
             return PairBatch.build([], [], [], [])
-        src_macs, dst_macs, nbytes, totals = zip(*rows, strict=True)
-        src = np.asarray(self.guests.codes(src_macs), dtype=np.intp)
-        dst = np.asarray(self.guests.codes(dst_macs), dtype=np.intp)
-        b = np.asarray(nbytes, dtype=np.float64)
-        t = np.asarray(totals, dtype=np.float64)
+        src, dst, b, t, names = records
         worst = np.minimum(src, dst)
         malformed = (worst == MALFORMED) | ((worst >= 0) & ((b > t) | (src == dst)))
         group = (worst == GROUP) | ((worst == UNKNOWN) & ((src == GROUP) | (dst == GROUP)))
@@ -153,8 +202,8 @@ class InferenceCore:
                 self.counters.inc(name, value)
         for k in np.flatnonzero(malformed)[:3].tolist():
             errors.append(
-                f"host {fc.host!r} pair {src_macs[k]!r}->{dst_macs[k]!r}: bytes={nbytes[k]}"
-                f" total_bytes={totals[k]} (a pair needs two guest MACs and bytes <= total),"
+                f"host {fc.host!r} pair {names(k)[0]!r}->{names(k)[1]!r}: bytes={b[k]:.0f}"
+                f" total_bytes={t[k]:.0f} (a pair needs two guest MACs and bytes <= total),"
                 " dropped"
             )
         if counts["pairs_malformed"] > 3:
@@ -260,3 +309,10 @@ def topology_from_matrix(matrix: pb.TrafficMatrix) -> pb.TopologyChange:
     rates = np.asarray(matrix.values, dtype=np.float64).reshape(n, n)
     edges = prune_dense(rates, params.prune_fraction)
     return change_message(0, list(matrix.nodes), edges, params, 0.0)
+
+
+def _joined(
+    first: Callable[[int], tuple[str, str]], n_first: int, second: Callable[[int], tuple[str, str]]
+) -> Callable[[int], tuple[str, str]]:
+    """Name records of two concatenated parts by their index in the whole."""
+    return lambda k: first(k) if k < n_first else second(k - n_first)

@@ -21,6 +21,7 @@ import networkx as nx
 import numpy as np
 
 from services.bus.envelope import BusMessage
+from services.bus.paircols import PairRow, to_columns
 from services.bus.pb import vnet_pb2 as pb
 from services.inference.core import InferenceCore, Outgoing
 
@@ -54,6 +55,7 @@ class Simulation:
     noise: float = 0.3  # each interval's bytes vary by up to ±noise
     chatter: float = 0.02  # background pairs send up to this fraction of rate_bps
     chatter_pairs: int = 0  # background pairs per interval (default: one per guest)
+    columns: bool = True  # counts as PairColumns (as forwarders send) or PairCount records
     extras: bool = True  # ARP, multicast and an outsider MAC
     seed: int = 1
 
@@ -151,19 +153,20 @@ class Simulation:
         merged: dict[tuple[str, str], int] = {}
         for s, d, nbytes in rows:
             merged[(s, d)] = merged.get((s, d), 0) + nbytes
-        pairs = []
+        records: list[PairRow] = []
         for (s, d), nbytes in sorted(merged.items()):
             frames = max(1, nbytes // 1400)
             tf, tb = h.totals.get((s, d), (0, 0))
             h.totals[(s, d)] = (tf + frames, tb + nbytes)
-            pairs.append(pb.PairCount(
-                src_mac=s, dst_mac=d, frames=frames, bytes=nbytes,
-                total_frames=tf + frames, total_bytes=tb + nbytes,
-            ))
-        return pb.FrameCounts(
-            host=h.name, interval_index=h.interval_index, interval_s=self.interval_s,
-            pairs=pairs,
-        )
+            records.append((s, d, frames, nbytes, tf + frames, tb + nbytes))
+        fc = pb.FrameCounts(host=h.name, interval_index=h.interval_index,
+                            interval_s=self.interval_s)
+        if self.columns:
+            fc.columns.CopyFrom(to_columns(records))
+        else:
+            fc.pairs.extend(pb.PairCount(src_mac=s, dst_mac=d, frames=f, bytes=b, total_frames=tf,
+                                         total_bytes=tb) for s, d, f, b, tf, tb in records)
+        return fc
 
     def message(self, host: str, payload: pb.FrameCounts | pb.ForwarderState) -> BusMessage:
         """Wrap a payload as the checked bus message the core receives."""

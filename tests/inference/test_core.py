@@ -151,7 +151,7 @@ def test_forwarder_restart_and_lost_intervals_neither_spike_nor_zero() -> None:
 def test_lost_intervals_without_recovery_would_dip() -> None:
     """The recovery above is what keeps the rate: a loss with no totals dips it."""
     core = InferenceCore(InferenceParams(smoothing_window_s=4.0))
-    sim = Simulation(2, n_hosts=1, noise=0.0, extras=False, chatter=0.0)
+    sim = Simulation(2, n_hosts=1, noise=0.0, extras=False, chatter=0.0, columns=False)
     sim.set_topology(shapes.generate("bus/line", 2))
     simulate.run(core, sim, 0.0, 6.0)
     counts = sim.interval("h1")
@@ -284,3 +284,28 @@ def test_random_garbage_never_raises() -> None:
         core.tick(5.0 + k * 0.01)
     assert core.counters["counts_malformed"] > 0
     assert core.counters["pairs_malformed"] > 0
+
+
+@pytest.mark.parametrize("columns", [True, False])
+def test_both_count_forms_give_the_same_topology(columns: bool) -> None:
+    n = 12
+    g = shapes.generate("ring", n)
+    sim = Simulation(n, n_hosts=3, seed=21, columns=columns)
+    sim.set_topology(g)
+    assert bool(sim.interval("h1").columns.src) is columns
+    core = InferenceCore(FAST)
+    found = changes(simulate.run(core, sim, 0.0, 10.0))
+    assert len(found) == 1 and edge_set(found[0][1]) == expected(sim, g)
+
+
+def test_pair_columns_that_disagree_are_dropped_with_a_counter() -> None:
+    n = 8
+    sim = Simulation(n, n_hosts=2, seed=22)
+    sim.set_topology(shapes.generate("ring", n))
+    core = InferenceCore(FAST)
+    simulate.run(core, sim, 0.0, 8.0)
+    bad = sim.interval("h1")
+    bad.columns.src.append(len(bad.columns.macs) + 5)  # index past the MAC table
+    errors = core.handle(sim.message("h1", bad), 8.1)
+    assert any("pair columns disagree" in e for e in errors)
+    assert core.counters["pairs_malformed"] == len(bad.columns.src)

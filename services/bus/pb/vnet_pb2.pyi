@@ -125,17 +125,37 @@ class PairCount(_message.Message):
     total_bytes: int
     def __init__(self, src_mac: _Optional[str] = ..., dst_mac: _Optional[str] = ..., frames: _Optional[int] = ..., bytes: _Optional[int] = ..., total_frames: _Optional[int] = ..., total_bytes: _Optional[int] = ...) -> None: ...
 
+class PairColumns(_message.Message):
+    __slots__ = ("macs", "src", "dst", "frames", "bytes", "total_frames", "total_bytes")
+    MACS_FIELD_NUMBER: _ClassVar[int]
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    macs: _containers.RepeatedScalarFieldContainer[str]
+    src: _containers.RepeatedScalarFieldContainer[int]
+    dst: _containers.RepeatedScalarFieldContainer[int]
+    frames: _containers.RepeatedScalarFieldContainer[int]
+    bytes: _containers.RepeatedScalarFieldContainer[int]
+    total_frames: _containers.RepeatedScalarFieldContainer[int]
+    total_bytes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, macs: _Optional[_Iterable[str]] = ..., src: _Optional[_Iterable[int]] = ..., dst: _Optional[_Iterable[int]] = ..., frames: _Optional[_Iterable[int]] = ..., bytes: _Optional[_Iterable[int]] = ..., total_frames: _Optional[_Iterable[int]] = ..., total_bytes: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class FrameCounts(_message.Message):
-    __slots__ = ("host", "interval_index", "interval_s", "pairs")
+    __slots__ = ("host", "interval_index", "interval_s", "pairs", "columns")
     HOST_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_INDEX_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     PAIRS_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
     host: str
     interval_index: int
     interval_s: float
     pairs: _containers.RepeatedCompositeFieldContainer[PairCount]
-    def __init__(self, host: _Optional[str] = ..., interval_index: _Optional[int] = ..., interval_s: _Optional[float] = ..., pairs: _Optional[_Iterable[_Union[PairCount, _Mapping]]] = ...) -> None: ...
+    columns: PairColumns
+    def __init__(self, host: _Optional[str] = ..., interval_index: _Optional[int] = ..., interval_s: _Optional[float] = ..., pairs: _Optional[_Iterable[_Union[PairCount, _Mapping]]] = ..., columns: _Optional[_Union[PairColumns, _Mapping]] = ...) -> None: ...
 
 class LinkSpec(_message.Message):
     __slots__ = ("id", "peer_host", "peer_address", "transport", "fast_path")
