@@ -34,6 +34,8 @@ FloatArray = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.intp]
 
 _KEY_SHIFT = 32
+# Intervals a forwarder may run ahead of this service's clock (jitter, bursts).
+_JUMP_SLACK = 20
 _LOST_KEPT = 10_000  # lost interval indices remembered per forwarder
 
 
@@ -145,6 +147,18 @@ class Accumulator:
                 f"forwarder {host!r} interval {index} is not after {w.last_v - w.base}:"
                 " out of order or repeated, dropped"
             )
+        if w.last_v is not None and w.entries:
+            # A jump further ahead than this service's own clock allows is
+            # not lost intervals but a bad (or forged) count: taking it would
+            # make every real interval after it look out of order.
+            allowed = 2 * (now - w.last_rx) / interval_s + _JUMP_SLACK
+            if v - w.last_v > allowed:
+                self.counters.inc("counts_implausible")
+                return (
+                    f"forwarder {host!r} interval {index} jumps {v - w.last_v} intervals"
+                    f" ahead after {now - w.last_rx:.2f}s (at most {allowed:.0f} plausible),"
+                    " dropped"
+                )
         span = min(MAX_SPAN, max(1, round(window_s / interval_s)))
         scale = 1.0 / (span * interval_s)
         w.interval_s = interval_s

@@ -309,3 +309,22 @@ def test_pair_columns_that_disagree_are_dropped_with_a_counter() -> None:
     errors = core.handle(sim.message("h1", bad), 8.1)
     assert any("pair columns disagree" in e for e in errors)
     assert core.counters["pairs_malformed"] == len(bad.columns.src)
+
+
+def test_a_count_from_the_far_future_is_dropped_not_taken_as_loss() -> None:
+    n = 8
+    sim = Simulation(n, n_hosts=2, seed=23)
+    g = shapes.generate("ring", n)
+    sim.set_topology(g)
+    core = InferenceCore(FAST)
+    simulate.run(core, sim, 0.0, 8.0)
+    forged = sim.interval("h1")
+    forged.interval_index += 1_000_000
+    errors = core.handle(sim.message("h1", forged), 8.05)
+    assert any("plausible" in e for e in errors)
+    assert core.counters["counts_implausible"] == 1
+    # The real forwarder's next intervals still count and nothing changes.
+    out = simulate.run(core, sim, 8.1, 16.0)
+    assert core.counters["counts_out_of_order"] == 0
+    assert changes(out) == []
+    assert edge_set(core.latest or pb.TopologyChange()) == expected(sim, g)
