@@ -19,14 +19,16 @@ from tests.bus.samples import SAMPLES
 MakeClient = Callable[..., BusClient]
 
 
-async def collect(client: BusClient, n: int, timeout: float = 10.0) -> list[BusMessage]:
+async def collect(client: BusClient, n: int, timeout: float = 10.0, source: str | None = None
+                  ) -> list[BusMessage]:
+    """Messages (from one source, if given) until at least n came."""
     got: list[BusMessage] = []
     deadline = time.monotonic() + timeout
     while len(got) < n:
         left = deadline - time.monotonic()
         if left <= 0:
             raise AssertionError(f"received {len(got)} of {n} messages within {timeout}s")
-        got += await client.recv_batch(left)
+        got += [m for m in await client.recv_batch(left) if source in (None, m.source)]
     return got
 
 
@@ -64,19 +66,6 @@ async def test_broker_fans_out_to_every_subscriber(bus: BusSettings, make_client
     assert subs[0].counters["gaps"] == 0
 
 
-async def collect_from(client: BusClient, source: str, n: int, timeout: float = 10.0
-                       ) -> list[BusMessage]:
-    """Messages from one source until at least n came (others are skipped)."""
-    got: list[BusMessage] = []
-    deadline = time.monotonic() + timeout
-    while len(got) < n:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"received {len(got)} of {n} from {source} within {timeout}s")
-        got += [m for m in await client.recv_batch(left) if m.source == source]
-    return got
-
-
 def _env(seq: int, instance: int = 77, source: str = "raw@h") -> list[bytes]:
     return envelope.encode("frames.raw", source, instance, seq, 0.0, pb.FrameCounts(host="raw"))
 
@@ -106,7 +95,7 @@ async def test_sequence_gaps_and_restarts_are_counted(
         raw.send_multipart(_env(seq))
     raw.send_multipart(_env(1, instance=78))  # restarted source
     raw.send_multipart(_env(3, instance=78))
-    got = await collect_from(sub, "raw@h", 7)
+    got = await collect(sub, 7, source="raw@h")
     assert [(m.instance, m.seq) for m in got] == [
         (77, 1), (77, 2), (77, 5), (77, 6), (77, 10), (78, 1), (78, 3)]
     assert sub.counters["gaps"] == 2 + 3 + 1
@@ -149,7 +138,7 @@ async def test_bad_input_is_dropped_counted_and_the_bus_goes_on(
     for frames in _bad_inputs(4096).values():
         raw.send_multipart(frames)
     raw.send_multipart(_env(1, instance=999, source="after@h"))
-    await collect_from(sub, "after@h", 1)
+    await collect(sub, 1, source="after@h")
     counters = sub.counters.snapshot()
     assert counters["dropped_unparsable"] >= 1
     assert counters["dropped_wrong_version"] == 1
