@@ -200,15 +200,17 @@ class ForwarderCore:
         """Where route() sends a frame, without counting it (for capture)."""
         if vframe[10] & 1:
             return self._flood[ingress]
-        out = self.resolve(vframe[10:16], vframe[16:22])
+        out = self.resolve(bytes(vframe[10:16]), bytes(vframe[16:22]))
         return (out,) if out >= 0 and out != ingress else ()
 
     def route(self, ingress: int, vframe: bytes) -> tuple[int, ...]:
         """Count a frame and return the ports it goes to (maybe none).
 
-        vframe is already size-checked (vnet header + at least 14 bytes).
+        vframe is already size-checked (vnet header + at least 14 bytes). It may
+        be a read-only memoryview (a frame still in a link's receive buffer):
+        only its 12-byte MAC key is copied out.
         """
-        key = vframe[10:22]
+        key = bytes(vframe[10:22])  # bytes already for bytes (no copy); 12 bytes for a view
         counters = self.counters
         counters["frames_in"] += 1
         if self._is_guest[ingress]:  # counting frames that local guests send

@@ -17,6 +17,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import cast
 
 from services.forwarder.ethernet import ETH_HDR_LEN, MAX_GSO_FRAME, VNET_HDR_LEN
 
@@ -136,15 +137,19 @@ class StreamDecoder:
         self._pos = pos
         return out
 
-    def parse(self, buf: bytearray, pos: int, end: int) -> tuple[list[tuple[int, bytes]], int]:
+    def parse(self, buf: bytearray, pos: int, end: int, *, copy_frames: bool = True,
+              ) -> tuple[list[tuple[int, bytes]], int]:
         """Complete messages in buf[pos:end] and where the unparsed rest starts.
 
-        Each body is copied out once; buf itself is left alone, so the caller
-        can receive straight into a preallocated buffer (BufferedProtocol).
+        buf itself is left alone, so the caller can receive straight into a
+        preallocated buffer (BufferedProtocol). Control bodies are copied out;
+        with copy_frames=False a FRAME body is a read-only view into buf (no
+        64 KB copy per frame), valid only until the caller reuses buf: the
+        forwarder sends each frame before it returns to its loop.
         """
         out: list[tuple[int, bytes]] = []
         limit = self.max_message
-        view = memoryview(buf)
+        view = memoryview(buf) if copy_frames else memoryview(buf).toreadonly()
         try:
             while end - pos >= 5:
                 (n,) = _LEN.unpack_from(view, pos)
@@ -157,10 +162,14 @@ class StreamDecoder:
                     raise BadStream("bad_length", f"control message of {n} bytes")
                 if end - pos < 4 + n:
                     break
-                out.append((kind, view[pos + 5 : pos + 4 + n].tobytes()))
+                body = view[pos + 5 : pos + 4 + n]
+                # A read-only view sends and compares like the bytes it shows.
+                out.append((kind, cast(bytes, body) if kind == _FRAME and not copy_frames
+                            else body.tobytes()))
                 pos += 4 + n
         finally:
-            view.release()
+            if copy_frames:
+                view.release()
         return out, pos
 
 
@@ -170,6 +179,8 @@ def decode_datagram(data: bytes) -> tuple[int, bytes]:
     kind = data[0]
     if kind not in _TYPES:
         raise BadStream("bad_type", f"datagram type {kind} is unknown")
+    if kind == _FRAME:  # a view, not a 64 KB copy (bytes are immutable: always valid)
+        return kind, cast(bytes, memoryview(data)[1:])
     return kind, data[1:]
 
 

@@ -69,7 +69,8 @@ class StreamConn(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
         try:
-            messages, self._start = self.decoder.parse(self._buf, self._start, self._end)
+            messages, self._start = self.decoder.parse(self._buf, self._start, self._end,
+                                                       copy_frames=False)
         except framing.BadStream as exc:
             self.owner.on_stream_error(self, "link_" + exc.reason, exc.detail)
             self.close()

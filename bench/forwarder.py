@@ -1,0 +1,492 @@
+"""Forwarder benchmark: vnet's data path against the kernel and tinc, side by side.
+
+One embedded testbed, two hosts on one underlay segment (h1 and the proxy),
+guest g1 on h1 and guest g2 on the proxy (veth guests, MTU 1400, offloads on).
+The same two guests talk through each path in turn, in one run:
+
+- native: both guests' host-side veths moved into one bridge in a namespace
+  made here (not the root namespace: Docker's br_netfilter there drops
+  bridged frames), then moved back;
+- vxlan: a kernel VXLAN device in each host namespace, bridged to the guest;
+- tinc: tincd (switch mode, its default crypto) in each host namespace, its
+  TAP bridged to the guest; config and keys in a temp dir, killed at the end;
+- vnet_tcp / vnet_udp: one `vnet forwarder` per host (launch.py), the star
+  link over TCP or UDP, counting on and publishing frames.<host> at 20 Hz to a
+  broker with a subscriber (`vnet tail`, whose lines show the rate was kept);
+- vnet_tcp_off: counting off, no bus: the baseline for the cost of counting
+  and publishing. vnet_tcp and vnet_tcp_off alternate (on, off, off, on, on,
+  off) so a drift of the machine's speed does not land on one of them.
+
+Per path: iperf3 TCP g1 -> g2 with 1 and 4 streams (short runs, repeated,
+median) and ping RTT (50 pings, 10 ms apart, median). g1 -> g2 crosses one
+overlay link (the star link h1 -> proxy) and two forwarders: that is one
+overlay hop, so the RTT added per hop is vnet's RTT minus native's. For the
+vnet paths the forwarders' own CPU time (user + system, /proc) per GB carried
+is recorded too: on a machine shared with other work it varies far less than
+throughput does, so it is the steadier figure for the cost of counting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from bench.report import RESULTS_DIR, BenchOutput, Goal
+from services.bus.launch import Launcher
+from services.bus.settings import BusSettings
+from services.forwarder.launch import start_forwarder
+from services.testbed.spec import TestbedSpec
+from services.testbed.testbed import Testbed
+
+Progress = Callable[[str], None]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ForwarderBenchSettings:
+    """What is measured; the defaults keep the whole run near three minutes."""
+
+    iperf_s: int = 4  # measured seconds per iperf3 run
+    iperf_omit_s: int = 1  # slow start, not counted (iperf3 -O)
+    runs_1: int = 3  # single-stream runs per path
+    runs_4: int = 2  # 4-stream runs per path
+    session_runs_1: int = 2  # vnet_tcp and vnet_tcp_off: 3 sessions each, 1 4-stream run each
+    pings: int = 50
+    ping_interval_s: float = 0.01
+    update_rate_hz: float = 20.0  # frames.<host> publishing while counting
+    ready_timeout_s: float = 20.0  # a path must carry a ping within this
+    native_ratio_goal: float = 0.6  # vnet TCP single stream / native
+    rtt_per_hop_goal_ms: float = 0.25
+    counting_cost_goal: float = 0.05  # share of throughput
+    tinc_port: int = 6655
+    vxlan_id: int = 4242
+
+
+SPEC = {
+    "guest_mtu": 1400,
+    "site": [{"name": "c"}],
+    "host": [{"name": "proxy", "site": "c", "proxy": True}, {"name": "h1", "site": "c"}],
+    "guest": [{"name": "g1", "host": "h1"}, {"name": "g2", "host": "proxy"}],
+}
+SRC, DST = "g1", "g2"
+HOPS = 1  # g1 (h1) -> star link -> g2 (proxy)
+
+
+@dataclass
+class PathResult:
+    """Raw figures of one path; runs accumulate over its sessions."""
+
+    description: str
+    runs_1_gbps: list[float] = field(default_factory=list)
+    runs_4_gbps: list[float] = field(default_factory=list)
+    rtts_ms: list[float] = field(default_factory=list)
+    cpu_s_per_gb: list[float] = field(default_factory=list)  # vnet: both forwarders
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def gbps_1(self) -> float:
+        return statistics.median(self.runs_1_gbps)
+
+    @property
+    def gbps_4(self) -> float:
+        return statistics.median(self.runs_4_gbps)
+
+    @property
+    def cpu_per_gb(self) -> float:
+        return statistics.median(self.cpu_s_per_gb)
+
+    @property
+    def rtt_ms(self) -> float:
+        return statistics.median(self.rtts_ms)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "description": self.description,
+            "gbps_1_stream": round(self.gbps_1, 3),
+            "gbps_4_streams": round(self.gbps_4, 3),
+            "rtt_ms_median": round(self.rtt_ms, 4),
+            "rtt_ms_avg": round(statistics.fmean(self.rtts_ms), 4),
+            "runs_1_stream_gbps": [round(x, 3) for x in self.runs_1_gbps],
+            "runs_4_streams_gbps": [round(x, 3) for x in self.runs_4_gbps],
+            **({"forwarders_cpu_s_per_gb": round(self.cpu_per_gb, 3),
+                "runs_forwarders_cpu_s_per_gb": [round(x, 3) for x in self.cpu_s_per_gb]}
+               if self.cpu_s_per_gb else {}),
+            **self.extra,
+        }
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _ip(netns: str, *args: str) -> None:
+    r = subprocess.run(["ip", "-n", netns, *args], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"ip -n {netns} {' '.join(args)}: {r.stderr.strip()}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group a Testbed.popen started, then wait (kill if stuck)."""
+    if proc.poll() is None:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def _wait_ping(tb: Testbed, s: ForwarderBenchSettings, what: str) -> None:
+    deadline = time.monotonic() + s.ready_timeout_s
+    dst = tb.guest(DST).ip
+    while time.monotonic() < deadline:
+        r = tb.run(tb.guest(SRC).netns, ["ping", "-c", "1", "-W", "1", dst], check=False)
+        if r.returncode == 0:
+            return
+    raise RuntimeError(f"{what}: {SRC} cannot ping {DST} within {s.ready_timeout_s:g}s")
+
+
+def _iperf(tb: Testbed, s: ForwarderBenchSettings, streams: int) -> float:
+    """Gbit/s received by the server in one iperf3 run (two tries)."""
+    argv = ["iperf3", "-c", tb.guest(DST).ip, "-t", str(s.iperf_s), "-O", str(s.iperf_omit_s),
+            "-P", str(streams), "-J"]
+    detail = ""
+    for _ in range(2):
+        r = tb.run(tb.guest(SRC).netns, argv, check=False,
+                   timeout=s.iperf_s + s.iperf_omit_s + 20)
+        if r.returncode == 0:
+            doc = json.loads(r.stdout)
+            return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
+        detail = (r.stdout[-300:] + r.stderr[-300:]).strip()
+        time.sleep(0.2)
+    raise RuntimeError(f"iperf3 with {streams} streams failed: {detail}")
+
+
+def _ping(tb: Testbed, s: ForwarderBenchSettings) -> list[float]:
+    r = tb.run(tb.guest(SRC).netns, ["ping", "-c", str(s.pings), "-i", str(s.ping_interval_s),
+                                     tb.guest(DST).ip], check=False, timeout=30)
+    rtts = [float(part.split("=")[1]) for line in r.stdout.splitlines()
+            for part in line.split() if part.startswith("time=")]
+    if len(rtts) < s.pings // 2:
+        raise RuntimeError(f"ping answered {len(rtts)} of {s.pings}: {r.stdout[-300:]}")
+    return rtts
+
+
+def _cpu_s(procs: list[subprocess.Popen[bytes]]) -> float:
+    """User + system CPU seconds the processes used so far (/proc/PID/stat)."""
+    ticks = 0
+    for proc in procs:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / CLK_TCK
+
+
+def _measure(tb: Testbed, s: ForwarderBenchSettings, res: PathResult, name: str,
+             progress: Progress, runs_1: int, runs_4: int,
+             procs: list[subprocess.Popen[bytes]] | None = None) -> None:
+    """Ping, then iperf3 runs; with procs, their CPU seconds per GB carried (1 stream)."""
+    res.rtts_ms += _ping(tb, s)
+    for _ in range(runs_1):
+        before = _cpu_s(procs) if procs else 0.0
+        gbps = _iperf(tb, s, 1)
+        res.runs_1_gbps.append(gbps)
+        if procs:
+            carried_gb = gbps / 8 * (s.iperf_s + s.iperf_omit_s)
+            res.cpu_s_per_gb.append((_cpu_s(procs) - before) / carried_gb)
+    for _ in range(runs_4):
+        res.runs_4_gbps.append(_iperf(tb, s, 4))
+    cpu = f", forwarders {res.cpu_per_gb:.2f} CPU-s/GB" if res.cpu_s_per_gb else ""
+    progress(f"{name}: 1 stream {[round(x, 2) for x in res.runs_1_gbps]} Gbit/s,"
+             f" 4 streams {[round(x, 2) for x in res.runs_4_gbps]},"
+             f" RTT {res.rtt_ms:.3f} ms{cpu}")
+
+
+# ---------------------------------------------------------------- paths
+
+
+@contextmanager
+def native_path(tb: Testbed) -> Iterator[None]:
+    """Both guests' host-side veths on one bridge in a namespace of our own."""
+    ns = f"{tb.prefix}-nat"
+    homes = [(tb.guest(g).host_ifname, tb.host_netns(tb.guest(g).host)) for g in (SRC, DST)]
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    moved: list[tuple[str, str]] = []
+    try:
+        _ip(ns, "link", "set", "lo", "up")
+        _ip(ns, "link", "add", "br0", "type", "bridge")
+        for ifname, home in homes:
+            _ip(home, "link", "set", ifname, "netns", ns)
+            moved.append((ifname, home))
+            _ip(ns, "link", "set", ifname, "master", "br0", "up")
+        _ip(ns, "link", "set", "br0", "up")
+        yield
+    finally:
+        for ifname, home in moved:
+            _ip(ns, "link", "set", ifname, "netns", home)
+            _ip(home, "link", "set", ifname, "up")
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+@contextmanager
+def vxlan_path(tb: Testbed, s: ForwarderBenchSettings) -> Iterator[None]:
+    """A VXLAN device per host namespace, bridged to that host's guest."""
+    made: list[str] = []
+    try:
+        for g, peer in ((SRC, DST), (DST, SRC)):
+            host, peer_host = tb.guest(g).host, tb.guest(peer).host
+            ns = tb.host_netns(host)
+            made.append(ns)
+            _ip(ns, "link", "add", "bvx", "type", "bridge")
+            _ip(ns, "link", "add", "vx0", "type", "vxlan", "id", str(s.vxlan_id),
+                "local", tb.underlay_ip(host), "remote", tb.underlay_ip(peer_host),
+                "dstport", "4789", "dev", "u0")
+            for ifname in ("vx0", tb.guest(g).host_ifname):
+                _ip(ns, "link", "set", ifname, "master", "bvx", "up")
+            _ip(ns, "link", "set", "bvx", "up")
+        yield
+    finally:
+        for ns in made:
+            for ifname in ("vx0", "bvx"):
+                subprocess.run(["ip", "-n", ns, "link", "del", ifname], capture_output=True,
+                               check=False)
+
+
+def _tinc_config(tb: Testbed, s: ForwarderBenchSettings, root: Path) -> dict[str, Path]:
+    """A tinc 1.0 config per host: switch mode, keys, h1 connects to the proxy."""
+    hosts = [tb.guest(g).host for g in (SRC, DST)]
+    dirs = {h: root / h for h in hosts}
+    for h, d in dirs.items():
+        (d / "hosts").mkdir(parents=True)
+        lines = [f"Name = {h}", "Mode = switch", "Interface = tn0", "AddressFamily = ipv4",
+                 f"BindToAddress = {tb.underlay_ip(h)}", f"Port = {s.tinc_port}"]
+        if h != tb.proxy_host:
+            lines.append(f"ConnectTo = {tb.proxy_host}")
+        (d / "tinc.conf").write_text("\n".join(lines) + "\n")
+        (d / "hosts" / h).write_text(f"Address = {tb.underlay_ip(h)}\nPort = {s.tinc_port}\n")
+        subprocess.run(["tincd", "-c", str(d), "-K2048"], stdin=subprocess.DEVNULL,
+                       capture_output=True, check=True, timeout=60)
+    for h in hosts:
+        for other in hosts:
+            if other != h:
+                (dirs[other] / "hosts" / h).write_text((dirs[h] / "hosts" / h).read_text())
+    return dirs
+
+
+def _wait_link(ns: str, ifname: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = subprocess.run(["ip", "-n", ns, "link", "show", ifname], capture_output=True,
+                           check=False)
+        if r.returncode == 0:
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"tincd in {ns} exited with {proc.returncode}")
+        time.sleep(0.05)
+    raise RuntimeError(f"tincd made no {ifname} in {ns} within {timeout:g}s")
+
+
+@contextmanager
+def tinc_path(tb: Testbed, s: ForwarderBenchSettings) -> Iterator[None]:
+    """tincd in each host namespace (foreground), its TAP bridged to the guest."""
+    procs: list[subprocess.Popen[bytes]] = []
+    made: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="vnet-tinc-") as tmp:
+        try:
+            dirs = _tinc_config(tb, s, Path(tmp))
+            for g in (DST, SRC):  # the proxy first: h1 connects to it
+                host = tb.guest(g).host
+                ns, d = tb.host_netns(host), dirs[host]
+                with open(d / "stderr.log", "wb") as log:
+                    proc: subprocess.Popen[bytes] = tb.popen(
+                        ns, ["tincd", "-c", str(d), "-D", "--pidfile", str(d / "pid"),
+                             "--logfile", str(d / "log")],
+                        stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                procs.append(proc)
+                _wait_link(ns, "tn0", proc, s.ready_timeout_s)
+                made.append(ns)
+                _ip(ns, "link", "add", "btn", "type", "bridge")
+                for ifname in ("tn0", tb.guest(g).host_ifname):
+                    _ip(ns, "link", "set", ifname, "master", "btn", "up")
+                _ip(ns, "link", "set", "btn", "up")
+            yield
+        finally:
+            for proc in procs:
+                _stop(proc)
+            for ns in made:
+                subprocess.run(["ip", "-n", ns, "link", "del", "btn"], capture_output=True,
+                               check=False)
+
+
+@contextmanager
+def vnet_path(tb: Testbed, bus: BusSettings | None, extra: list[str], logs: Path,
+              tag: str) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """One forwarder per host (launch.py), stopped at the end; yields their processes."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for host in (tb.proxy_host, *[h for h in tb.hosts() if h != tb.proxy_host]):
+            procs.append(start_forwarder(tb, host, bus, log=logs / f"{tag}-{host}.log",
+                                         lan=False, extra=extra))
+        yield procs
+    finally:
+        for proc in procs:
+            _stop(proc)
+
+
+# ---------------------------------------------------------------- chart
+
+
+def _plot(paths: dict[str, PathResult], path: Path) -> None:
+    names = list(paths)
+    fig = Figure(figsize=(10, 4.5))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    xs = range(len(names))
+    width = 0.38
+    b1 = left.bar([x - width / 2 for x in xs], [paths[n].gbps_1 for n in names], width,
+                  label="1 stream")
+    b4 = left.bar([x + width / 2 for x in xs], [paths[n].gbps_4 for n in names], width,
+                  label="4 streams")
+    left.bar_label(b1, fmt="%.2f", fontsize=7)
+    left.bar_label(b4, fmt="%.2f", fontsize=7)
+    left.set_xticks(list(xs), names, rotation=20, fontsize=8)
+    left.set_ylabel("iperf3 TCP Gbit/s (median)")
+    left.set_title("throughput g1 (h1) -> g2 (proxy)")
+    left.legend(fontsize=8)
+    bars = right.bar(list(xs), [paths[n].rtt_ms for n in names], 0.6, color="tab:green")
+    right.bar_label(bars, fmt="%.3f", fontsize=7)
+    right.set_xticks(list(xs), names, rotation=20, fontsize=8)
+    right.set_ylabel("ping RTT ms (median)")
+    right.set_title("round-trip time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# ---------------------------------------------------------------- main
+
+
+def _count_topic(tail_out: Path, topic: str) -> int:
+    n = 0
+    for line in tail_out.read_text(errors="replace").splitlines():
+        if line.startswith("{") and json.loads(line).get("topic") == topic:
+            n += 1
+    return n
+
+
+def run(s: ForwarderBenchSettings, progress: Progress, logs: Path) -> dict[str, PathResult]:
+    paths = {
+        "native": PathResult("both guests on one Linux bridge (namespace of its own)"),
+        "vxlan": PathResult("kernel VXLAN between the host namespaces, bridged to the guests"),
+        "tinc": PathResult("tinc 1.0 switch mode, default crypto, TAP bridged to the guests"),
+        "vnet_tcp": PathResult(f"vnet, star link over TCP, counting on, frames published at"
+                               f" {s.update_rate_hz:g} Hz"),
+        "vnet_udp": PathResult(f"vnet, star link over UDP, counting on, frames published at"
+                               f" {s.update_rate_hz:g} Hz"),
+        "vnet_tcp_off": PathResult("vnet, star link over TCP, counting off, no bus"),
+    }
+    spec = TestbedSpec.from_dict(SPEC, name="bench-forwarder")
+    counting = ["--update-rate-hz", f"{s.update_rate_hz:g}", "--state-interval-s", "1"]
+    with Launcher() as launch, tempfile.TemporaryDirectory(prefix="vnet-fwdbench-") as ipc, \
+            Testbed(spec) as tb:
+        progress(f"testbed {tb.prefix} up")
+        broker = launch.start_broker(["--bus-pub", f"ipc://{ipc}/pub",
+                                      "--bus-sub", f"ipc://{ipc}/sub"],
+                                     stderr=subprocess.DEVNULL)
+        bus = BusSettings(pub=str(broker.info["pub"]), sub=str(broker.info["sub"]))
+        tail_out = logs / "tail.jsonl"
+        with open(tail_out, "wb") as out:
+            launch.start("tail", ["tail", "--json", "frames.", "--bus-pub", bus.pub,
+                                  "--bus-sub", bus.sub], stdout=out.fileno())
+        server = tb.popen(tb.guest(DST).netns, ["iperf3", "-s"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+        try:
+            kernel_paths: list[tuple[str, Callable[[], AbstractContextManager[None]]]] = [
+                ("native", lambda: native_path(tb)), ("vxlan", lambda: vxlan_path(tb, s)),
+                ("tinc", lambda: tinc_path(tb, s))]
+            for name, ctx in kernel_paths:
+                progress(f"{name}: setting up")
+                with ctx():
+                    _wait_ping(tb, s, name)
+                    _measure(tb, s, paths[name], name, progress, s.runs_1, s.runs_4)
+            udp = ["--proxy-transport", "udp"]
+            on: tuple[str, list[str], bool] = ("vnet_tcp", counting, True)
+            off: tuple[str, list[str], bool] = ("vnet_tcp_off", ["--no-counting"], False)
+            # on/off in an ABBAAB order: a drift of the machine's speed hits both alike
+            sessions = [on, off, off, on, on, off, ("vnet_udp", [*counting, *udp], True)]
+            for i, (name, extra, with_bus) in enumerate(sessions):
+                progress(f"{name}: starting forwarders")
+                before = _count_topic(tail_out, "frames.h1")
+                started = time.monotonic()
+                with vnet_path(tb, bus if with_bus else None, extra, logs,
+                               f"{i}-{name}") as procs:
+                    _wait_ping(tb, s, name)
+                    split = name != "vnet_udp"
+                    _measure(tb, s, paths[name], name, progress,
+                             s.session_runs_1 if split else s.runs_1,
+                             1 if split else s.runs_4, procs)
+                    elapsed = time.monotonic() - started
+                if with_bus:
+                    rate = (_count_topic(tail_out, "frames.h1") - before) / elapsed
+                    rates = paths[name].extra.setdefault("frames_h1_published_hz", [])
+                    assert isinstance(rates, list)
+                    rates.append(round(rate, 1))
+        finally:
+            _stop(server)
+    return paths
+
+
+def main(progress: Progress) -> BenchOutput:
+    s = ForwarderBenchSettings()
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="vnet-fwdbench-logs-") as logdir:
+        paths = run(s, progress, Path(logdir))
+    native, tinc = paths["native"], paths["tinc"]
+    tcp, udp, off = paths["vnet_tcp"], paths["vnet_udp"], paths["vnet_tcp_off"]
+    ratio = tcp.gbps_1 / native.gbps_1
+    vs_tinc = tcp.gbps_1 / tinc.gbps_1
+    added_tcp = (tcp.rtt_ms - native.rtt_ms) / HOPS
+    added_udp = (udp.rtt_ms - native.rtt_ms) / HOPS
+    cost = 1.0 - tcp.gbps_1 / off.gbps_1
+    cpu_cost = tcp.cpu_per_gb / off.cpu_per_gb - 1.0
+    _plot(paths, RESULTS_DIR / "forwarder_throughput.png")
+    results: dict[str, object] = {
+        "settings": asdict(s),
+        "testbed": "two hosts on one underlay segment; g1 on h1, g2 on the proxy;"
+                   " guest MTU 1400, veth guests (AF_PACKET with PACKET_VNET_HDR for vnet)",
+        "overlay_hops_g1_to_g2": HOPS,
+        "paths": {name: p.summary() for name, p in paths.items()},
+        "ratios": {
+            "vnet_tcp_vs_native_1": round(ratio, 3),
+            "vnet_tcp_vs_native_4": round(tcp.gbps_4 / native.gbps_4, 3),
+            "vnet_udp_vs_native_1": round(udp.gbps_1 / native.gbps_1, 3),
+            "vnet_tcp_vs_vxlan_1": round(tcp.gbps_1 / paths["vxlan"].gbps_1, 3),
+            "vnet_tcp_vs_tinc_1": round(vs_tinc, 3),
+            "vnet_tcp_vs_tinc_4": round(tcp.gbps_4 / tinc.gbps_4, 3),
+            "counting_20hz_cost_1": round(cost, 4),
+            "counting_20hz_cost_4": round(1.0 - tcp.gbps_4 / off.gbps_4, 4),
+            # CPU seconds per GB forwarded: steadier than throughput on a shared machine
+            "counting_20hz_cpu_cost_per_gb": round(cpu_cost, 4),
+        },
+        "rtt_added_per_hop_ms": {"vnet_tcp": round(added_tcp, 4),
+                                 "vnet_udp": round(added_udp, 4)},
+        "chart": "forwarder_throughput.png",
+    }
+    goals = [
+        Goal.at_least("vnet TCP single stream / native", s.native_ratio_goal, round(ratio, 3),
+                      "x"),
+        Goal("vnet TCP single stream / tinc", "> 1", round(vs_tinc, 3), "x", vs_tinc > 1.0),
+        Goal.below("RTT added per overlay hop (vnet TCP)", s.rtt_per_hop_goal_ms,
+                   round(added_tcp, 4), "ms"),
+        Goal.below(f"throughput cost of counting + publishing at {s.update_rate_hz:g} Hz",
+                   s.counting_cost_goal, round(cost, 4), "share"),
+    ]
+    return BenchOutput(results=results, goals=goals)
