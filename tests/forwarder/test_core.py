@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from services.bus.paircols import rows_of
 from services.bus.pb import vnet_pb2 as pb
 from services.forwarder import desired, ethernet, framing, messages
 from services.forwarder.core import NO_ROUTE, CompiledRule, ForwarderCore, PortKind
@@ -235,7 +236,8 @@ def test_pair_counter_cuts_intervals_and_keeps_totals() -> None:
     (d,) = c.cut()
     assert (d.frames, d.bytes, d.total_frames, d.total_bytes) == (1, 10, 3, 160)
     msg = messages.frame_counts("h1", 3, 0.05, [d])
-    assert msg.pairs[0].total_frames == 3 and msg.interval_index == 3
+    assert rows_of(msg) == [(G1, G2, 1, 10, 3, 160)] and msg.interval_index == 3
+    assert list(msg.columns.macs) == [G1, G2] and not msg.pairs
 
 
 def test_pair_counter_is_bounded() -> None:

@@ -21,6 +21,7 @@ import pytest
 from services.bus import topics
 from services.bus.client import BusClient
 from services.bus.launch import Launcher
+from services.bus.paircols import PairRow, rows_of
 from services.bus.pb import vnet_pb2 as pb
 from services.bus.settings import BusSettings
 from services.forwarder.launch import start_forwarder
@@ -163,20 +164,20 @@ async def test_counters_equal_injected_frames(net: Net) -> None:
                     "--dst", dst, "--count", "37", "--payload", "86"], cwd=str(ROOT))
         seen = 0
         deadline = time.monotonic() + 15
-        last: pb.PairCount | None = None
+        last: PairRow | None = None
         intervals: list[float] = []
-        while time.monotonic() < deadline and (last is None or last.total_frames < 37):
+        while time.monotonic() < deadline and (last is None or last[4] < 37):
             for msg in await client.recv_batch(timeout=1.0):
                 if msg.topic != "frames.h1":
                     continue
                 assert isinstance(msg.payload, pb.FrameCounts)
                 intervals.append(msg.payload.interval_s)
-                for pair in msg.payload.pairs:
-                    if pair.src_mac == src and pair.dst_mac == dst:
-                        seen += pair.frames
-                        last = pair
+                for row in rows_of(msg.payload):
+                    if row[:2] == (src, dst):
+                        seen += row[2]
+                        last = row
         assert last is not None, "pair never published"
-        assert (seen, last.total_frames, last.total_bytes) == (37, 37, 37 * 100)
+        assert (seen, last[4], last[5]) == (37, 37, 37 * 100)
         assert intervals and all(i == pytest.approx(0.05) for i in intervals)
     finally:
         client.close()
