@@ -167,7 +167,6 @@ class BusClient:
             self._log.warning("sequence gap", source=msg.source, missed=missed, seq=msg.seq)
         elif verdict is SeqVerdict.RESTART:
             self.counters.inc("source_restarts")
-        self.counters.inc("received")
         return msg
 
     def drain(self, limit: int = 1000) -> list[BusMessage]:
@@ -183,6 +182,7 @@ class BusClient:
         # RCVMORE lookup recv_multipart makes per frame. A message's frames
         # arrive together, so the ones after the first are always there.
         recv = self._sub_sync.recv
+        before = len(out)
         while len(out) < limit:
             try:
                 frames = [recv(_NOBLOCK, copy=False)]
@@ -193,6 +193,8 @@ class BusClient:
             msg = self._check([frame.bytes for frame in frames])
             if msg is not None:
                 out.append(msg)
+        if len(out) > before:
+            self.counters.inc("received", len(out) - before)
 
     async def recv_batch(self, timeout: float | None = None, limit: int = 1000) -> list[BusMessage]:
         """Wait up to timeout seconds for messages; [] when none came."""

@@ -73,12 +73,18 @@ class BusMessage(NamedTuple):
     size: int
 
 
+_FIELD_BY_TYPE: dict[type, str] = {}
+
+
 def payload_field(payload: Message) -> str:
     """The Envelope oneof field that carries this payload type."""
-    try:
-        return _PAYLOAD_FIELDS[payload.DESCRIPTOR.full_name]
-    except KeyError:
-        raise TypeError(f"{payload.DESCRIPTOR.full_name} is not a bus payload") from None
+    field = _FIELD_BY_TYPE.get(type(payload))
+    if field is None:
+        try:
+            field = _FIELD_BY_TYPE[type(payload)] = _PAYLOAD_FIELDS[payload.DESCRIPTOR.full_name]
+        except KeyError:
+            raise TypeError(f"{payload.DESCRIPTOR.full_name} is not a bus payload") from None
+    return field
 
 
 def encode(
