@@ -12,6 +12,7 @@ broker knows who published what. Heartbeats go straight out of the XPUB.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,10 @@ _HARD_LIMIT_FACTOR = 16  # beyond this ZeroMQ itself drops the connection
 # Plain ints: combining zmq's enum flags costs more per call than the send.
 _NOBLOCK = int(zmq.NOBLOCK)
 _NOBLOCK_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+
+
+class _StopProxy(Exception):
+    """Raised from the timer handler to leave libzmq's proxy."""
 
 
 class Broker:
@@ -211,7 +216,50 @@ class Broker:
 
     # ------------------------------------------------------------ loop
 
-    def run(self, stopping: Callable[[], bool]) -> None:
+    def run(self, stopping: Callable[[], bool], check: bool = False) -> None:
+        """Forward until stopping() says so.
+
+        With CURVE, or when asked to check, every message passes through
+        Python (:meth:`run_checked`); otherwise libzmq's C proxy forwards
+        (:meth:`run_fast`), and receivers do the checks they always do.
+        """
+        if check or self._allow is not None:
+            self.run_checked(stopping)
+        else:
+            self.run_fast(stopping)
+
+    def run_fast(self, stopping: Callable[[], bool]) -> None:
+        """libzmq's proxy forwards; heartbeats come from a SIGALRM timer.
+
+        The proxy's poll returns on the signal, pyzmq runs the handler in this
+        (the only) thread between two messages and resumes the proxy, so no
+        second thread touches the sockets. The handler raises to stop.
+        """
+        tick_s = min(self.settings.heartbeat_s, 0.2)
+        next_beat = time.monotonic()
+
+        def on_alarm(signum: int, frame: object) -> None:
+            nonlocal next_beat
+            if stopping():
+                raise _StopProxy
+            now = time.monotonic()
+            if now >= next_beat:
+                self.heartbeat()
+                next_beat = now + self.settings.heartbeat_s
+
+        self.heartbeat()
+        next_beat = time.monotonic() + self.settings.heartbeat_s
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, tick_s, tick_s)
+        try:
+            zmq.proxy(self.frontend, self.backend)
+        except _StopProxy:
+            pass
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    def run_checked(self, stopping: Callable[[], bool]) -> None:
         poller = zmq.Poller()
         poller.register(self.frontend, zmq.POLLIN)
         poller.register(self.backend, zmq.POLLIN)

@@ -39,7 +39,7 @@ def _broker(args: argparse.Namespace) -> int:
           flush=True)
     buslog.get().info("broker running", pub=broker.pub_endpoint, sub=broker.sub_endpoint)
     try:
-        broker.run(lambda: stop)
+        broker.run(lambda: stop, check=args.check)
     finally:
         broker.close()
     buslog.get().info("broker stopped", **broker.counters.snapshot())
@@ -91,6 +91,11 @@ def _sample(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("broker", help="run the bus broker (XSUB/XPUB proxy)")
+    p.add_argument(
+        "--check", action="store_true",
+        help="inspect every message in Python (drop malformed or oversized ones, counted)"
+        " instead of forwarding in libzmq's C proxy; always on with CURVE keys",
+    )
     _host_arg(p)
     settings.add_arguments(p)
     p.set_defaults(func=_broker)

@@ -154,7 +154,8 @@ async def test_broker_drops_malformed_and_oversized_and_says_so(
     from services.bus.launch import Launcher
 
     assert isinstance(launcher, Launcher)
-    proc = launcher.start_broker(["--bus-heartbeat-s", "0.1", "--bus-max-message-bytes", "2048"])
+    proc = launcher.start_broker(["--check", "--bus-heartbeat-s", "0.1",
+                                  "--bus-max-message-bytes", "2048"])
     bus = BusSettings(pub=str(proc.info["pub"]), sub=str(proc.info["sub"]))
     sub = make_client(bus)
     sub.subscribe("frames.raw")
