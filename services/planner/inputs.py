@@ -87,10 +87,6 @@ class WorldView:
             a, b = sorted((report.host, m.peer_host)) if m.peer_host else (report.host, "")
             self.peaks[(a, b)] = max(self.peaks.get((a, b), 0.0), m.tx_bps + m.rx_bps)
 
-    def ready_to_plan(self) -> bool:
-        """Traffic to place and the proxy's state seen: a plan can be made."""
-        return bool(self.src) and any(st.is_proxy for st in self.states.values())
-
     def on_matrix(self, matrix: pb.TrafficMatrix) -> None:
         n = len(matrix.nodes)
         if len(matrix.values) != n * n:

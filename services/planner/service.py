@@ -78,10 +78,6 @@ class PlannerCore:
             elif msg.kind == "traffic_matrix":
                 assert isinstance(msg.payload, pb.TrafficMatrix)
                 self.view.on_matrix(msg.payload)
-                # Level-triggered: a planner that started late, restarted or
-                # missed the change plans from the periodic matrix.
-                if self.last is None and self.view.ready_to_plan():
-                    self.pending_change = True
             elif msg.kind == "topology_change":
                 assert isinstance(msg.payload, pb.TopologyChange)
                 self.view.on_change(msg.payload)

@@ -215,6 +215,11 @@ async def test_an_unreachable_host_gets_no_link_and_planning_goes_on(world: Worl
         assert not world.dead(), world.dead()
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "the planner plans only on topology.change (services/planner/service.py,"
+    " PlannerCore.on_message: traffic_matrix never sets pending_change) and the inference"
+    " publishes a change only when the topology moves, so a planner started or restarted"
+    " while traffic is steady, or one that lost the change (PUB/SUB is lossy), never plans"))
 async def test_a_restarted_planner_plans_the_steady_traffic(world: World) -> None:
     async with Watcher(world.bus, world.logs) as bus:
         world.start_planner()
