@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-import zmq.asyncio
 from google.protobuf.message import Message
 
 from services.bus import envelope, keys, topics
@@ -61,7 +60,7 @@ class BusClient:
         settings: BusSettings,
         service: str,
         host: str,
-        context: zmq.asyncio.Context | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -79,14 +78,12 @@ class BusClient:
         self._log = buslog.get(component="bus")
         curve = _curve_keys(settings) if settings.curve else None
         self._own_ctx = context is None
-        self._ctx = context or zmq.asyncio.Context()
-        self._pub = self._ctx.socket(zmq.PUB)
-        self._sub = self._ctx.socket(zmq.SUB)
-        # Plain (non-asyncio) views of the same sockets for non-blocking
-        # drains and sends without a Future per message.
-        self._pub_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._pub.underlying)
-        self._sub_sync: zmq.Socket[bytes] = zmq.Socket.shadow(self._sub.underlying)
-        self._sub_fd: int = self._sub_sync.getsockopt(zmq.FD)  # type: ignore[assignment]
+        # Plain sockets: sends never block and receives drain without waiting;
+        # waiting is done by one asyncio reader on the SUB socket's FD.
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = context or zmq.Context()
+        self._pub: zmq.Socket[bytes] = self._ctx.socket(zmq.PUB)
+        self._sub: zmq.Socket[bytes] = self._ctx.socket(zmq.SUB)
+        self._sub_fd: int = self._sub.getsockopt(zmq.FD)  # type: ignore[assignment]
         self._reader_loop: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future[None] | None = None
         for sock in (self._pub, self._sub):
@@ -109,8 +106,8 @@ class BusClient:
         )
         try:
             # Two sends with int flags: a third of send_multipart's cost.
-            self._pub_sync.send(topic_frame, _NOBLOCK_MORE)
-            self._pub_sync.send(body, _NOBLOCK)
+            self._pub.send(topic_frame, _NOBLOCK_MORE)
+            self._pub.send(body, _NOBLOCK)
         except zmq.Again:
             self.counters.inc("send_dropped")
         else:
@@ -181,7 +178,7 @@ class BusClient:
         # Frames carry their own "more" flag, which is cheaper than the
         # RCVMORE lookup recv_multipart makes per frame. A message's frames
         # arrive together, so the ones after the first are always there.
-        recv = self._sub_sync.recv
+        recv = self._sub.recv
         before = len(out)
         while len(out) < limit:
             try:
@@ -209,7 +206,7 @@ class BusClient:
             await self._wait_readable(left)
 
     def _sub_events(self) -> int:
-        return int(self._sub_sync.getsockopt(zmq.EVENTS))
+        return int(self._sub.getsockopt(zmq.EVENTS))
 
     def _on_readable(self) -> None:
         # Reading EVENTS consumes the FD's signal, so the loop does not spin
