@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 
 VNET = [sys.executable, "-m", "services.cli.main"]
@@ -26,17 +27,26 @@ class Process:
     info: dict[str, object] = field(default_factory=dict)
 
     def stop(self, timeout: float = 5.0) -> int:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
-        for stream in (self.popen.stdout, self.popen.stderr):
-            if stream is not None:
-                stream.close()
-        return self.popen.returncode
+        return stop_process(self.popen, timeout)
+
+
+def stop_process(popen: subprocess.Popen[bytes], timeout: float = 5.0) -> int:
+    """SIGTERM the process group popen leads, SIGKILL it after timeout; close its pipes.
+
+    For processes started with start_new_session (as Launcher and the
+    testbed's popen do), so children go too.
+    """
+    if popen.poll() is None:
+        os.killpg(popen.pid, signal.SIGTERM)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait()
+    for stream in (popen.stdin, popen.stdout, popen.stderr):
+        if stream is not None:
+            stream.close()
+    return popen.returncode
 
 
 class Launcher:
@@ -75,6 +85,14 @@ class Launcher:
             raise RuntimeError(f"broker did not become ready in {timeout}s (exit code {code})")
         proc.info = json.loads(line)
         return proc
+
+    def start_broker_ipc(self, directory: Path, stderr: int | None = None) -> Process:
+        """A broker on ipc:// sockets in directory: reachable from every network
+        namespace on this machine (they share the filesystem)."""
+        return self.start_broker(
+            ["--bus-pub", f"ipc://{directory}/bus-pub", "--bus-sub", f"ipc://{directory}/bus-sub"],
+            stderr=stderr,
+        )
 
     def stop_all(self) -> None:
         for proc in reversed(self.processes):

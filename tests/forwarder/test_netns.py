@@ -87,8 +87,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         pytest.skip("needs root for network namespaces")
     ipc = tmp_path_factory.mktemp("bus")
     with Launcher() as launch:
-        broker = launch.start_broker(["--bus-pub", f"ipc://{ipc}/pub",
-                                      "--bus-sub", f"ipc://{ipc}/sub"])
+        broker = launch.start_broker_ipc(ipc)
         bus = BusSettings(pub=str(broker.info["pub"]), sub=str(broker.info["sub"]))
         with Testbed(TestbedSpec.from_dict(SPEC, name="fwd")) as tb:
             n = Net(tb, bus)

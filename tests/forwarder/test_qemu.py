@@ -8,7 +8,6 @@ to its UNIX socket. Guests on another host and on the same host ping it.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from services.bus.launch import stop_process
 from services.forwarder.launch import start_forwarder
 from services.testbed import qemu
 from services.testbed.spec import TestbedSpec
@@ -44,14 +44,6 @@ class VmNet:
                            check=False)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(10)
-    if proc.stdout is not None:
-        proc.stdout.close()
-
-
 @pytest.fixture(scope="module")
 def vmnet() -> Iterator[VmNet]:
     if os.geteuid() != 0:
@@ -76,7 +68,7 @@ def vmnet() -> Iterator[VmNet]:
             yield VmNet(tb, vm)
         finally:
             for proc in reversed(procs):
-                _stop(proc)
+                stop_process(proc, 10)
 
 
 def test_accelerator_falls_back_to_tcg_without_vmx_or_svm(tmp_path: object) -> None:

@@ -27,7 +27,7 @@ import networkx as nx
 
 from services.bus import envelope, topics
 from services.bus.client import BusClient
-from services.bus.launch import Launcher, Process
+from services.bus.launch import Launcher, Process, stop_process
 from services.bus.pb import vnet_pb2 as pb
 from services.bus.settings import BusSettings
 from services.forwarder.launch import start_forwarder
@@ -191,20 +191,13 @@ def build_world(logs: Path) -> Iterator[World]:
         tb = stack.enter_context(Testbed(TestbedSpec.from_dict(SPEC, name="online")))
         launcher = stack.enter_context(Launcher())
         with open(logs / "broker.log", "ab") as err:
-            broker = launcher.start_broker(["--bus-pub", f"ipc://{tb.run_dir}/bus-pub",
-                                            "--bus-sub", f"ipc://{tb.run_dir}/bus-sub"],
-                                           stderr=err.fileno())
+            broker = launcher.start_broker_ipc(tb.run_dir, stderr=err.fileno())
         bus = BusSettings(pub=str(broker.info["pub"]), sub=str(broker.info["sub"]))
         world = World(tb, bus, launcher, logs)
 
         def stop_generators() -> None:
             for proc in world.generators.values():
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(10)
-                for stream in (proc.stdin, proc.stdout):
-                    if stream is not None:
-                        stream.close()
+                stop_process(proc, 10)
 
         def stop_forwarders() -> None:
             for host in list(world.forwarders):

@@ -12,9 +12,7 @@ stopped by the context manager that started it, even after errors.
 
 from __future__ import annotations
 
-import os
 import select
-import signal
 import subprocess
 import sys
 import time
@@ -27,7 +25,7 @@ from typing import TypeVar
 
 from services.bus import topics
 from services.bus.client import BusClient
-from services.bus.launch import Launcher, Process
+from services.bus.launch import Launcher, Process, stop_process
 from services.bus.pb import vnet_pb2 as pb
 from services.bus.settings import BusSettings
 from services.forwarder.launch import start_forwarder
@@ -87,7 +85,7 @@ class World:
             extra=FORWARDER_ARGS)
 
     def stop_forwarder(self, host: str) -> None:
-        _stop(self.forwarders.pop(host))
+        stop_process(self.forwarders.pop(host), 10)
 
     def start_inference(self) -> None:
         with open(self.logs / "inference.log", "ab") as err:
@@ -121,7 +119,7 @@ class World:
         ready, _, _ = select.select([proc.stdout], [], [], 20.0)
         line = proc.stdout.readline().strip() if ready else b""
         if line != b"ready":
-            _stop(proc)
+            stop_process(proc, 10)
             raise AssertionError(f"traffic script in {guest} ({args[0]}) said {line!r}"
                                  f" (exit {proc.poll()}; see {self.logs / log})")
         return proc
@@ -158,21 +156,9 @@ class World:
 
     def stop_traffic(self) -> None:
         for proc in [*self.flows.values(), *self.sinks.values()]:
-            _stop(proc)
+            stop_process(proc, 10)
         self.flows.clear()
         self.sinks.clear()
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 @contextmanager
@@ -183,9 +169,7 @@ def build_world(logs: Path) -> Iterator[World]:
         tb = stack.enter_context(Testbed(TestbedSpec.from_dict(SPEC, name="planonline")))
         launcher = stack.enter_context(Launcher())
         with open(logs / "broker.log", "ab") as err:
-            broker = launcher.start_broker(["--bus-pub", f"ipc://{tb.run_dir}/bus-pub",
-                                            "--bus-sub", f"ipc://{tb.run_dir}/bus-sub"],
-                                           stderr=err.fileno())
+            broker = launcher.start_broker_ipc(tb.run_dir, stderr=err.fileno())
         bus = BusSettings(pub=str(broker.info["pub"]), sub=str(broker.info["sub"]))
         world = World(tb, bus, launcher, logs)
 
