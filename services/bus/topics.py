@@ -19,6 +19,8 @@ TOPOLOGY_CHANGE = "topology.change"
 PLAN = "plan"
 MIGRATION = "migration"
 CONTROL_MIGRATE = "control.migrate"
+CONTROL_GUEST = "control.guest"
+APP = "app"
 PROBE = "_probe"
 
 # Topic root -> the Envelope payload field it must carry.
@@ -33,6 +35,8 @@ PAYLOAD_FOR_ROOT: dict[str, str] = {
     PLAN: "plan",
     MIGRATION: "migration_status",
     CONTROL_MIGRATE: "migration_request",
+    CONTROL_GUEST: "guest_command",
+    APP: "app_report",
     PROBE: "probe",
 }
 

@@ -45,6 +45,12 @@ TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 TUN_F_TSO_ECN = 0x08
 
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+NETLINK_ROUTE = 0
+RTMGRP_LINK = 0x1
+
 READ_SIZE = 65_536 + 64
 BATCH = 64
 
@@ -69,6 +75,7 @@ class _FdAttachment:
         self.on_error = on_error
         self._loop: asyncio.AbstractEventLoop | None = None
         self.fd = -1
+        self.on_gone: Callable[[], None] | None = None  # the device vanished (moved away)
 
     def _read_one(self) -> bytes:
         raise NotImplementedError
@@ -85,7 +92,10 @@ class _FdAttachment:
                 if self._gone(exc) and self._loop is not None:
                     # The interface is gone: stop polling a dead fd instead of spinning.
                     self._loop.remove_reader(self.fd)
-                    self.on_error("guest_detached", f"guest {self.spec.id}: interface gone")
+                    if self.on_gone is not None:
+                        self.on_gone()
+                    else:
+                        self.on_error("guest_detached", f"guest {self.spec.id}: interface gone")
                 break
         if frames:
             self.on_frames(frames)
@@ -113,8 +123,9 @@ class PacketAttachment(_FdAttachment):
             sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
             big_buffers(sock)
-            sock.bind((spec.target, ETH_P_ALL))
             ifindex = socket.if_nametoindex(spec.target)
+            set_up(sock, spec.target)  # a device moved in from another namespace arrives down
+            sock.bind((spec.target, ETH_P_ALL))
             mreq = struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b"")
             sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
             sock.setblocking(False)
@@ -124,6 +135,7 @@ class PacketAttachment(_FdAttachment):
                 f"cannot attach guest {spec.id} to interface {spec.target!r}: {exc}"
             ) from exc
         self.sock = sock
+        self.ifindex = ifindex
         self.fd = sock.fileno()
         self._recv = sock.recv
         self._send = sock.send
@@ -149,6 +161,53 @@ class PacketAttachment(_FdAttachment):
 
     def close(self) -> None:
         super().close()
+        self.sock.close()
+
+
+def set_up(sock: socket.socket, ifname: str) -> None:
+    """Bring an interface up (SIOCGIFFLAGS / SIOCSIFFLAGS) if it is down."""
+    req = struct.pack("16sH", ifname.encode(), 0)
+    flags = struct.unpack("16sH", fcntl.ioctl(sock, SIOCGIFFLAGS, req)[:18])[1]
+    if not flags & IFF_UP:
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH", ifname.encode(), flags | IFF_UP))
+
+
+def interface_index(ifname: str) -> int:
+    """The interface's index in this namespace, 0 when it is not here."""
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError:
+        return 0
+
+
+class LinkWatcher:
+    """Wakes the forwarder when any interface appears, goes or changes (rtnetlink)."""
+
+    def __init__(self, on_change: Callable[[], None]) -> None:
+        self.on_change = on_change
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        self.sock.bind((0, RTMGRP_LINK))
+        self.sock.setblocking(False)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.sock.fileno(), self._readable)
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                self.sock.recv(65_536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # ENOBUFS: events were lost; a re-check covers them
+                break
+        self.on_change()
+
+    def close(self) -> None:
+        if self._loop is not None and self.sock.fileno() >= 0:
+            self._loop.remove_reader(self.sock.fileno())
+        self._loop = None
         self.sock.close()
 
 

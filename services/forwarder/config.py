@@ -24,6 +24,7 @@ class GuestSpec:
     target: str
     netns: str = ""
     ip: str = ""
+    standby: bool = False  # not live until its first frame (a migration's destination)
 
     @staticmethod
     def parse(text: str) -> GuestSpec:

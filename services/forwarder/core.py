@@ -46,6 +46,7 @@ class Port:
     up: bool = True
     mac: bytes = b""  # a guest's MAC
     peer_macs: tuple[bytes, ...] = ()  # guests a star peer announced (proxy side)
+    peer_host: str = ""  # a link's far end, when known
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +102,17 @@ class ForwarderCore:
         self._rebuild()
         return index
 
-    def add_guest(self, guest_id: str, mac: str) -> int:
-        return self.add_port(guest_id, PortKind.GUEST, mac=mac_from_str(mac))
+    def add_guest(self, guest_id: str, mac: str, up: bool = True) -> int:
+        """A guest port; down while its attachment is not live (it gets no frames)."""
+        return self.add_port(guest_id, PortKind.GUEST, mac=mac_from_str(mac), up=up)
+
+    def set_port_up(self, port_name: str, up: bool) -> None:
+        port = self.port(port_name)
+        if port is None:
+            raise KeyError(f"no port {port_name!r}")
+        if port.up != up:
+            port.up = up
+            self._rebuild()
 
     def add_link(self, link_id: str, star: bool, up: bool = False) -> int:
         return self.add_port(link_id, PortKind.LINK, star=star, up=up)
@@ -116,12 +126,23 @@ class ForwarderCore:
         index = self.by_name.get(port_name)
         return None if index is None else self.ports[index]
 
-    def set_link_up(self, link_id: str, up: bool, peer_macs: Iterable[str] = ()) -> None:
+    def set_link_up(self, link_id: str, up: bool, peer_macs: Iterable[str] = (),
+                    peer_host: str = "") -> None:
         port = self.port(link_id)
         if port is None or port.kind is not PortKind.LINK:
             raise KeyError(f"no link {link_id!r}")
         port.up = up
         port.peer_macs = tuple(mac_from_str(m) for m in peer_macs) if up else ()
+        if peer_host:
+            port.peer_host = peer_host
+        self._rebuild()
+
+    def set_peer_macs(self, link_id: str, peer_macs: Iterable[str]) -> None:
+        """A star peer's new guest set (it announced one after a guest moved)."""
+        port = self.port(link_id)
+        if port is None or port.kind is not PortKind.LINK:
+            raise KeyError(f"no link {link_id!r}")
+        port.peer_macs = tuple(mac_from_str(m) for m in peer_macs) if port.up else ()
         self._rebuild()
 
     def guests(self) -> list[Port]:
@@ -144,7 +165,7 @@ class ForwarderCore:
         self._src = {r.src: r for r in self.rules if r.src and not r.dst}
         self._is_guest = [self.counting and p is not None and p.kind is PortKind.GUEST
                           for p in self.ports]
-        guests = [p.index for p in self.guests()]
+        guests = [p.index for p in self.guests() if p.up]
         star_up = [p.index for p in self.links() if p.star and p.up]
         flood: list[tuple[int, ...]] = []
         for port in self.ports:
@@ -171,18 +192,32 @@ class ForwarderCore:
             return None
         return index
 
+    def _known(self, dst: bytes) -> Port | None:
+        """Where dst lives for sure: a live local guest, or a star peer that announced it."""
+        for port in self.ports:
+            if port is not None and port.up and (port.mac == dst or dst in port.peer_macs):
+                return port
+        return None
+
     def resolve(self, dst: bytes, src: bytes) -> int:
-        """The port for a unicast (dst, src), RULE_DROP, or NO_ROUTE."""
+        """The port for a unicast (dst, src), RULE_DROP, or NO_ROUTE.
+
+        Rules win, except that a rule sending a MAC somewhere it is known not to
+        be (a guest here, or announced by another star peer) is stale — the guest
+        moved and the control plane has not caught up — and the known place wins,
+        so a move cannot bounce frames between two forwarders.
+        """
+        known = self._known(dst)
         for rule in (self._exact.get(dst + src), self._dst.get(dst), self._src.get(src)):
             if rule is not None:
                 target = self._target(rule)
-                if target is not None:
-                    return target
-        for port in self.ports:
-            if port is None or not port.up:
-                continue
-            if port.mac == dst or dst in port.peer_macs:
-                return port.index
+                if target is None:
+                    continue
+                if known is not None and target >= 0 and self._stale(target, known):
+                    return known.index
+                return target
+        if known is not None:
+            return known.index
         lan = self.by_name.get(self.lan_port) if self.lan_port else None
         if lan is not None:
             return lan
@@ -193,6 +228,18 @@ class ForwarderCore:
                 if star_port is not None and star_port.up:
                     return star
         return NO_ROUTE
+
+    def _stale(self, target: int, known: Port) -> bool:
+        if target == known.index:
+            return False
+        port = self.ports[target]
+        if port is None:
+            return True
+        if known.kind is PortKind.GUEST:
+            return True
+        # Known through a star peer: a link to that same host is a fine route.
+        return not (port.kind is PortKind.LINK and port.peer_host
+                    and port.peer_host == known.peer_host)
 
     # ------------------------------------------------------------ hot path
 

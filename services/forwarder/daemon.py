@@ -26,15 +26,17 @@ from services.bus.pb import vnet_pb2 as pb
 from services.forwarder import desired, framing, messages
 from services.forwarder.attach import (
     Attachment,
+    LinkWatcher,
     PacketAttachment,
     QemuAttachment,
     TapAttachment,
     big_buffers,
+    interface_index,
 )
 from services.forwarder.capture import CaptureConn
 from services.forwarder.config import ForwarderSettings, GuestSpec, parse_address
 from services.forwarder.core import ForwarderCore, PortKind
-from services.forwarder.ethernet import MAX_GSO_FRAME, MIN_VFRAME, VNET_HDR_LEN
+from services.forwarder.ethernet import MAX_GSO_FRAME, MIN_VFRAME, VNET_HDR_LEN, normalise_mac
 from services.forwarder.framing import Hello, MsgType
 from services.forwarder.links import Link, StreamConn, UdpEndpoint
 from services.forwarder.linkstate import LinkStats
@@ -65,7 +67,12 @@ class Forwarder:
         self.links: dict[str, Link] = {}
         self.managed: dict[str, pb.LinkSpec] = {}
         self.udp_peers: dict[tuple[str, int], Link] = {}
-        self.attachments: dict[str, Attachment] = {}
+        self.attachments: dict[str, Attachment] = {}  # open, by guest id
+        # Every guest this host should hold, live or waiting for its attachment.
+        self.guest_specs: dict[str, GuestSpec] = {g.id: g for g in settings.guests}
+        self._announced: tuple[str, ...] | None = None  # MACs the proxy last heard
+        self._watcher: LinkWatcher | None = None
+        self._state_wake = asyncio.Event()
         self.senders: list[Callable[[bytes], None]] = []
         self.generation = 0
         self.rule_messages: list[pb.Rule] = []
@@ -76,7 +83,7 @@ class Forwarder:
         self._udp: UdpEndpoint | None = None
         self._servers: list[asyncio.base_events.Server] = []
         self._tasks: list[asyncio.Task[Any]] = []
-        self._state_dirty = True
+        self._mark_state()
         self._max_frame = settings.max_frame
         self._server_ssl, self._client_ssl = _tls_contexts(settings)
         self._captures: dict[int, list[CaptureConn]] = {}
@@ -100,6 +107,8 @@ class Forwarder:
         if self.s.lan_iface:
             self._attach(GuestSpec(id=LAN_PORT, mac="", kind="packet", target=self.s.lan_iface),
                          loop)
+        self._watcher = LinkWatcher(self._recheck_guests)
+        self._watcher.start(loop)
         server = await loop.create_server(
             lambda: self._new_inbound(), self.listen_host, self.listen_port, reuse_address=True
         )
@@ -132,18 +141,45 @@ class Forwarder:
             self._tasks.append(loop.create_task(self._publish_loop()))
             self._tasks.append(loop.create_task(self._desired_loop()))
 
-    def _attach(self, spec: GuestSpec, loop: asyncio.AbstractEventLoop) -> None:
+    def _attach(self, spec: GuestSpec, loop: asyncio.AbstractEventLoop,
+                strict: bool = True) -> None:
+        """Add a guest's port and open its attachment.
+
+        strict (configured guests): a missing interface fails the start. Not
+        strict (attached at runtime): the guest waits, port down, until its
+        interface appears in this namespace (a migration moving it here).
+        """
         if spec.mac:
-            port = self.core.add_guest(spec.id, spec.mac)
+            self.core.add_guest(spec.id, spec.mac, up=False)
+            self.guest_specs[spec.id] = spec
         else:  # the LAN: many MACs behind one port
-            port = self.core.add_port(spec.id, PortKind.GUEST)
+            self.core.add_port(spec.id, PortKind.GUEST)
+        self._set_sender(self.core.by_name[spec.id], _drop)
+        try:
+            self._open(spec, loop)
+        except OSError as exc:
+            if strict:
+                raise
+            self.log.info("guest waiting for its attachment", guest=spec.id, error=str(exc))
+        self._mark_state()
+
+    def _open(self, spec: GuestSpec, loop: asyncio.AbstractEventLoop) -> None:
+        port = self.core.by_name[spec.id]
+        port_obj = self.core.ports[port]
+        assert port_obj is not None
 
         def on_frames(frames: list[bytes]) -> None:
+            if not port_obj.up and not self._wake_standby(spec, frames):
+                return
             self.ingest(port, frames)
 
         att: Attachment
         if spec.kind == "packet":
-            att = PacketAttachment(spec, on_frames, self._att_error)
+            if not interface_index(spec.target):
+                raise OSError(f"interface {spec.target!r} is not in this namespace")
+            packet = PacketAttachment(spec, on_frames, self._att_error)
+            packet.on_gone = lambda: self._on_gone(spec.id)
+            att = packet
         elif spec.kind == "tap":
             att = TapAttachment(spec, on_frames, self._att_error)
         else:
@@ -151,8 +187,139 @@ class Forwarder:
         self._set_sender(port, att.send)
         self.attachments[spec.id] = att
         att.start(loop)
+        if not spec.standby and spec.mac:
+            self.core.set_port_up(spec.id, True)
+            self._announce()
+        self._mark_state()
         self.log.info("guest attached", guest=spec.id, mac=spec.mac, kind=spec.kind,
-                      attachment=spec.target)
+                      attachment=spec.target, standby=spec.standby)
+
+    def _wake_standby(self, spec: GuestSpec, frames: list[bytes]) -> bool:
+        """A standby guest goes live on its first frame (QEMU's announce after a move)."""
+        mac = bytes.fromhex(spec.mac.replace(":", ""))
+        if spec.id not in self.attachments or not any(f[16:22] == mac for f in frames):
+            return False
+        self.core.set_port_up(spec.id, True)
+        self._announce()
+        self._mark_state()
+        self.log.info("standby guest is live", guest=spec.id)
+        return True
+
+    def _on_gone(self, guest_id: str) -> None:
+        """Its interface left this namespace: the guest waits here, port down."""
+        att = self.attachments.pop(guest_id, None)
+        if att is not None:
+            att.close()
+            self.counters.inc("guest_detached")
+        if guest_id in self.core.by_name:
+            self.core.set_port_up(guest_id, False)
+            self._set_sender(self.core.by_name[guest_id], _drop)
+        self._announce()
+        self._mark_state()
+        self.log.info("guest interface gone, waiting", guest=guest_id)
+
+    def _recheck_guests(self) -> None:
+        """Interfaces changed: attach guests whose interface arrived, drop vanished ones."""
+        loop = asyncio.get_running_loop()
+        for spec in list(self.guest_specs.values()):
+            if spec.kind != "packet":
+                continue
+            index = interface_index(spec.target)
+            att = self.attachments.get(spec.id)
+            if isinstance(att, PacketAttachment) and att.ifindex != index:
+                self._on_gone(spec.id)
+                att = None
+            if att is None and index:
+                try:
+                    self._open(spec, loop)
+                except OSError as exc:
+                    self.error("guest_attach_failed", f"guest {spec.id}: {exc}")
+
+    def detach_guest(self, guest_id: str) -> bool:
+        """Release a guest entirely (a move's last step); False when it is not here."""
+        if guest_id not in self.guest_specs:
+            return False
+        att = self.attachments.pop(guest_id, None)
+        if att is not None:
+            att.close()
+        self._set_sender(self.core.by_name[guest_id], _drop)
+        self.core.remove_port(guest_id)
+        del self.guest_specs[guest_id]
+        self._announce()
+        self._mark_state()
+        self.log.info("guest detached", guest=guest_id)
+        return True
+
+    def guest_command(self, cmd: pb.GuestCommand) -> None:
+        """Apply control.guest.<host>; bad commands are counted and change nothing."""
+        gid = cmd.guest.id
+        if cmd.op == pb.GUEST_OP_DETACH:
+            self.detach_guest(gid)
+            self._mark_state()
+            return
+        if cmd.op != pb.GUEST_OP_ATTACH:
+            self.error("guest_command_bad", f"guest command {cmd.command_id!r}: no op")
+            return
+        try:
+            spec = guest_spec_of(cmd.guest)
+        except ValueError as exc:
+            self.error("guest_command_bad", f"guest command {cmd.command_id!r}: {exc}")
+            return
+        if gid == LAN_PORT or (gid not in self.guest_specs and gid in self.core.by_name):
+            self.error("guest_command_bad", f"guest id {gid!r} names another port")
+            return
+        clash = [g for g in self.guest_specs.values() if g.mac == spec.mac and g.id != gid]
+        if clash:
+            self.error("guest_mac_conflict", f"guest {gid}: MAC {spec.mac} is {clash[0].id}'s")
+            return
+        current = self.guest_specs.get(gid)
+        if current == spec:
+            self._mark_state()
+            return
+        if current is not None:
+            self.detach_guest(gid)
+        self._attach(spec, asyncio.get_running_loop(), strict=False)
+
+    def _live_macs(self) -> tuple[str, ...]:
+        return tuple(sorted(g.mac for g in self.guest_specs.values() if self._is_live(g.id)))
+
+    def _is_live(self, guest_id: str) -> bool:
+        port = self.core.port(guest_id)
+        return port is not None and port.up
+
+    def _announce(self) -> None:
+        """Tell the proxy over the star which guests live here, when that changed."""
+        if self.s.is_proxy:
+            return
+        macs = self._live_macs()
+        if macs == self._announced:
+            return
+        link = self.links.get(self.s.star_link_id)
+        if link is None or not link.up:
+            return  # the next handshake carries the set
+        body = framing.announce_body(macs)
+        udp = self._udp
+        if link.udp and link.udp_addr is not None and udp is not None and udp.transport:
+            udp.transport.sendto(framing.datagram(MsgType.ANNOUNCE, body), link.udp_addr)
+        elif link.conn is not None:
+            link.conn.write(framing.encode(MsgType.ANNOUNCE, body))
+        else:
+            return
+        self._announced = macs
+
+    def _on_announce(self, link: Link | None, body: bytes) -> None:
+        if link is None or not link.star or not self.s.is_proxy:
+            self.error("link_bad_message", "announce on a link that is not a star spoke")
+            return
+        link.peer_macs = framing.parse_announce(body)
+        if link.up:
+            self.core.set_peer_macs(link.id, link.peer_macs)
+        self._mark_state()
+        self.log.info("star peer announced guests", link=link.id, macs=list(link.peer_macs))
+
+    def _mark_state(self) -> None:
+        self._state_dirty = True
+        self._state_wake.set()
 
     def _att_error(self, counter: str, detail: str) -> None:
         self.error(counter, detail)
@@ -169,6 +336,9 @@ class Forwarder:
             self._remove_link(link.id)
         for att in self.attachments.values():
             att.close()
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
         for conn in list(self._accepting):
             conn.close()
         for server in self._servers:
@@ -305,7 +475,7 @@ class Forwarder:
                     self.error("link_rejected", str(exc), link=spec.id)
             else:
                 link.task = asyncio.get_running_loop().create_task(self._dial(link))
-        self._state_dirty = True
+        self._mark_state()
         self.log.info("link added", link=spec.id, peer=spec.peer_host or spec.peer_address,
                       transport=pb.Transport.Name(spec.transport), dialer=dialer)
         return link
@@ -325,7 +495,7 @@ class Forwarder:
         self._dirty.discard(link)
         self.core.remove_port(link_id)
         self._set_sender(link.port, _drop)
-        self._state_dirty = True
+        self._mark_state()
         self.log.info("link removed", link=link_id)
 
     def _set_up(self, link: Link, up: bool, now: float) -> None:
@@ -339,8 +509,10 @@ class Forwarder:
         else:
             link.reconnects += 1
         macs = link.peer_macs if (self.s.is_proxy and link.star) else ()
-        self.core.set_link_up(link.id, up, macs)
-        self._state_dirty = True
+        self.core.set_link_up(link.id, up, macs, link.spec.peer_host)
+        if up and link.star and not self.s.is_proxy and self._announced != self._live_macs():
+            self._announce()  # the set changed during the handshake
+        self._mark_state()
         (self.log.info if up else self.log.warning)(
             "link up" if up else "link down", link=link.id, peer=link.spec.peer_host)
 
@@ -382,7 +554,9 @@ class Forwarder:
 
     def _hello(self, link: Link) -> Hello:
         """Star links announce this host's guests to the proxy; fast paths do not."""
-        macs = tuple(g.mac for g in self.s.guests) if link.star else ()
+        macs = self._live_macs() if link.star else ()
+        if link.star:
+            self._announced = macs
         return Hello(self.s.host, link.id, not link.star, macs)
 
     def _new_inbound(self) -> StreamConn:
@@ -439,6 +613,8 @@ class Forwarder:
                 if link is not None:
                     seq, _ = framing.parse_ping(body)
                     link.stats.on_pong(seq, now)
+            elif kind == MsgType.ANNOUNCE and not conn.dialer:
+                self._on_announce(link, body)
             elif kind == MsgType.HELLO and not conn.dialer and link is None:
                 self._on_hello(conn, Hello.decode(body))
             elif kind == MsgType.WELCOME and conn.dialer and not conn.welcomed.done():
@@ -532,6 +708,8 @@ class Forwarder:
                 if not link.spec.peer_host:
                     link.spec.peer_host = body.decode(errors="replace")
                 self._set_up(link, True, now)
+            elif kind == MsgType.ANNOUNCE:
+                self._on_announce(link, body)
             elif kind == MsgType.PING:
                 link.stats.on_receive(now)
                 udp.transport.sendto(framing.datagram(MsgType.PONG, body), addr)
@@ -596,8 +774,8 @@ class Forwarder:
         return messages.forwarder_state(
             host=self.s.host, is_proxy=self.s.is_proxy, generation=self.generation,
             listen_address=self.s.listen, links=self.link_views(), rules=self.rule_messages,
-            guests=[pb.Guest(id=g.id, mac=g.mac, ip=g.ip, kind=_KIND[g.kind],
-                             attachment=g.target) for g in self.s.guests],
+            guests=[guest_pb(g) for g in self.guest_specs.values() if self._is_live(g.id)],
+            waiting=[guest_pb(g) for g in self.guest_specs.values() if not self._is_live(g.id)],
         )
 
     def publish_frames(self, interval_s: float) -> None:
@@ -628,24 +806,30 @@ class Forwarder:
             if now >= next_state or self._state_dirty:
                 self.publish_links_and_state(self.s.state_interval_s)
                 next_state = max(next_state + self.s.state_interval_s, now)
-            await asyncio.sleep(max(0.0, min(next_frames, next_state) - loop.time()))
+            wait = max(0.0, min(next_frames, next_state) - loop.time())
+            with contextlib.suppress(TimeoutError):
+                # A changed state (a guest came or went) goes out at once.
+                await asyncio.wait_for(self._state_wake.wait(), wait)
+            self._state_wake.clear()
 
     async def _desired_loop(self) -> None:
         assert self.bus is not None
         prefix = topics.join(topics.DESIRED, self.s.host)
+        guest_prefix = topics.join(topics.CONTROL_GUEST, self.s.host)
         while True:
             for msg in await self.bus.recv_batch(timeout=1.0):
-                if not topics.exact(msg.topic, prefix):
-                    continue
-                assert isinstance(msg.payload, pb.DesiredState)
-                self.apply(msg.payload)
+                if isinstance(msg.payload, pb.DesiredState) and topics.exact(msg.topic, prefix):
+                    self.apply(msg.payload)
+                elif (isinstance(msg.payload, pb.GuestCommand)
+                      and topics.exact(msg.topic, guest_prefix)):
+                    self.guest_command(msg.payload)
 
     def apply(self, want: pb.DesiredState) -> desired.Operations | None:
         """Apply a desired state; refused or partly rejected input is counted."""
         try:
             ops = desired.plan(
                 host=self.s.host, generation=self.generation, links=self.managed,
-                rules=self.rule_messages, desired=want, guests=set(self.attachments),
+                rules=self.rule_messages, desired=want, guests=set(self.guest_specs),
                 fixed_links={self.s.star_link_id} if not self.s.is_proxy else set(),
                 members=self.s.members,
             )
@@ -675,8 +859,29 @@ class Forwarder:
                           added=[s.id for s in ops.add_links], removed=list(ops.remove_links),
                           rules=len(ops.rules))
         self.generation = ops.generation
-        self._state_dirty = True
+        self._mark_state()
         return ops
+
+
+def guest_pb(g: GuestSpec) -> pb.Guest:
+    return pb.Guest(id=g.id, mac=g.mac, ip=g.ip, kind=_KIND[g.kind], attachment=g.target,
+                    standby=g.standby)
+
+
+def guest_spec_of(g: pb.Guest) -> GuestSpec:
+    """A runtime attachment from a control message: AF_PACKET or QEMU stream only."""
+    if not g.id or not g.mac:
+        raise ValueError("a guest needs an id and a MAC")
+    kind = {pb.ATTACHMENT_PACKET: "packet", pb.ATTACHMENT_QEMU_STREAM: "qemu"}.get(g.kind)
+    if kind is None:
+        raise ValueError(f"guest {g.id}: attachment kind {pb.AttachmentKind.Name(g.kind)}"
+                         " cannot attach at runtime (AF_PACKET or QEMU stream only)")
+    if not g.attachment:
+        raise ValueError(f"guest {g.id}: no attachment named")
+    if kind == "qemu" and not g.attachment.startswith(("unix:", "tcp:")):
+        raise ValueError(f"guest {g.id}: QEMU address {g.attachment!r} is not unix: or tcp:")
+    return GuestSpec(id=g.id, mac=normalise_mac(g.mac), kind=kind, target=g.attachment,
+                     ip=g.ip, standby=g.standby)
 
 
 def _tune(conn: StreamConn) -> None:
@@ -716,6 +921,7 @@ async def serve(settings: ForwarderSettings, bus: BusClient | None, stop: asynci
     fwd = Forwarder(settings, bus)
     if bus is not None:
         bus.subscribe(topics.join(topics.DESIRED, settings.host))
+        bus.subscribe(topics.join(topics.CONTROL_GUEST, settings.host))
         try:
             await bus.ready(timeout=10.0)
         except TimeoutError as exc:

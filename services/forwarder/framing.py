@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import cast
 
-from services.forwarder.ethernet import ETH_HDR_LEN, MAX_GSO_FRAME, VNET_HDR_LEN
+from services.forwarder.ethernet import ETH_HDR_LEN, MAX_GSO_FRAME, VNET_HDR_LEN, mac_from_str
 
 _LEN = struct.Struct("!I")
 _PING = struct.Struct("!Qd")
@@ -34,6 +34,7 @@ class MsgType(IntEnum):
     PING = 4     # keepalive: seq, sender's monotonic time
     PONG = 5     # echo of a PING, for RTT
     FRAME = 6    # a vframe
+    ANNOUNCE = 7  # star dialer -> proxy: the guest MACs live here now (after a move)
 
 
 _TYPES = frozenset(int(t) for t in MsgType)
@@ -80,6 +81,25 @@ class Hello:
         if not host or not link_id or fast not in ("0", "1"):
             raise BadStream("bad_hello", f"hello {text[:80]!r} has an empty or bad field")
         return Hello(host, link_id, fast == "1", tuple(m for m in macs.split(",") if m))
+
+
+def announce_body(macs: tuple[str, ...]) -> bytes:
+    return ",".join(macs).encode()
+
+
+def parse_announce(body: bytes) -> tuple[str, ...]:
+    """The MACs of an ANNOUNCE; malformed ones raise BadStream (the link is closed)."""
+    try:
+        text = body.decode("ascii")
+    except UnicodeDecodeError:
+        raise BadStream("bad_announce", "announce is not ASCII") from None
+    macs = tuple(m for m in text.split(",") if m)
+    for mac in macs:
+        try:
+            mac_from_str(mac)
+        except ValueError as exc:
+            raise BadStream("bad_announce", str(exc)) from None
+    return macs
 
 
 def encode(kind: MsgType, body: bytes = b"") -> bytes:

@@ -70,8 +70,10 @@ def forwarder_state(
     links: Iterable[LinkView],
     rules: Iterable[pb.Rule],
     guests: list[pb.Guest],
+    waiting: list[pb.Guest] | None = None,
 ) -> pb.ForwarderState:
     ordered: list[pb.Guest] = sorted(guests, key=lambda g: str(g.id))
+    held: list[pb.Guest] = sorted(waiting or [], key=lambda g: str(g.id))
     return pb.ForwarderState(
         host=host,
         is_proxy=is_proxy,
@@ -83,4 +85,5 @@ def forwarder_state(
         ],
         rules=list(rules),
         guests=ordered,
+        waiting=held,
     )

@@ -52,4 +52,8 @@ SAMPLES: dict[str, tuple[str, Message]] = {
         downtime_s=0.05, bytes_moved=93_000_000)),
     "migration_request": ("control.migrate", pb.MigrationRequest(
         migration_id="m1", guest_id="g2", to_host="h2", requested_by="operator")),
+    "guest_command": ("control.guest.h2", pb.GuestCommand(
+        host="h2", command_id="m1-attach", op=pb.GUEST_OP_ATTACH,
+        guest=pb.Guest(id="g2", mac="02:00:00:00:00:02", kind=pb.ATTACHMENT_PACKET,
+                       attachment="g-g2"))),
 }

@@ -22,6 +22,12 @@ class AttachmentKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ATTACHMENT_QEMU_STREAM: _ClassVar[AttachmentKind]
     ATTACHMENT_CONTAINER: _ClassVar[AttachmentKind]
 
+class GuestOp(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GUEST_OP_UNSPECIFIED: _ClassVar[GuestOp]
+    GUEST_OP_ATTACH: _ClassVar[GuestOp]
+    GUEST_OP_DETACH: _ClassVar[GuestOp]
+
 class MigrationPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MIGRATION_PHASE_UNSPECIFIED: _ClassVar[MigrationPhase]
@@ -38,6 +44,9 @@ ATTACHMENT_TAP: AttachmentKind
 ATTACHMENT_PACKET: AttachmentKind
 ATTACHMENT_QEMU_STREAM: AttachmentKind
 ATTACHMENT_CONTAINER: AttachmentKind
+GUEST_OP_UNSPECIFIED: GuestOp
+GUEST_OP_ATTACH: GuestOp
+GUEST_OP_DETACH: GuestOp
 MIGRATION_PHASE_UNSPECIFIED: MigrationPhase
 MIGRATION_PHASE_STARTED: MigrationPhase
 MIGRATION_PHASE_PROGRESS: MigrationPhase
@@ -45,7 +54,7 @@ MIGRATION_PHASE_DONE: MigrationPhase
 MIGRATION_PHASE_FAILED: MigrationPhase
 
 class Envelope(_message.Message):
-    __slots__ = ("schema_version", "source", "instance", "seq", "ts", "heartbeat", "frame_counts", "link_measurements", "forwarder_state", "desired_state", "traffic_matrix", "topology_change", "plan", "migration_status", "migration_request", "probe")
+    __slots__ = ("schema_version", "source", "instance", "seq", "ts", "heartbeat", "frame_counts", "link_measurements", "forwarder_state", "desired_state", "traffic_matrix", "topology_change", "plan", "migration_status", "migration_request", "probe", "app_report", "guest_command")
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +71,8 @@ class Envelope(_message.Message):
     MIGRATION_STATUS_FIELD_NUMBER: _ClassVar[int]
     MIGRATION_REQUEST_FIELD_NUMBER: _ClassVar[int]
     PROBE_FIELD_NUMBER: _ClassVar[int]
+    APP_REPORT_FIELD_NUMBER: _ClassVar[int]
+    GUEST_COMMAND_FIELD_NUMBER: _ClassVar[int]
     schema_version: int
     source: str
     instance: int
@@ -78,7 +89,9 @@ class Envelope(_message.Message):
     migration_status: MigrationStatus
     migration_request: MigrationRequest
     probe: Probe
-    def __init__(self, schema_version: _Optional[int] = ..., source: _Optional[str] = ..., instance: _Optional[int] = ..., seq: _Optional[int] = ..., ts: _Optional[float] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., frame_counts: _Optional[_Union[FrameCounts, _Mapping]] = ..., link_measurements: _Optional[_Union[LinkMeasurements, _Mapping]] = ..., forwarder_state: _Optional[_Union[ForwarderState, _Mapping]] = ..., desired_state: _Optional[_Union[DesiredState, _Mapping]] = ..., traffic_matrix: _Optional[_Union[TrafficMatrix, _Mapping]] = ..., topology_change: _Optional[_Union[TopologyChange, _Mapping]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., migration_status: _Optional[_Union[MigrationStatus, _Mapping]] = ..., migration_request: _Optional[_Union[MigrationRequest, _Mapping]] = ..., probe: _Optional[_Union[Probe, _Mapping]] = ...) -> None: ...
+    app_report: AppReport
+    guest_command: GuestCommand
+    def __init__(self, schema_version: _Optional[int] = ..., source: _Optional[str] = ..., instance: _Optional[int] = ..., seq: _Optional[int] = ..., ts: _Optional[float] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., frame_counts: _Optional[_Union[FrameCounts, _Mapping]] = ..., link_measurements: _Optional[_Union[LinkMeasurements, _Mapping]] = ..., forwarder_state: _Optional[_Union[ForwarderState, _Mapping]] = ..., desired_state: _Optional[_Union[DesiredState, _Mapping]] = ..., traffic_matrix: _Optional[_Union[TrafficMatrix, _Mapping]] = ..., topology_change: _Optional[_Union[TopologyChange, _Mapping]] = ..., plan: _Optional[_Union[Plan, _Mapping]] = ..., migration_status: _Optional[_Union[MigrationStatus, _Mapping]] = ..., migration_request: _Optional[_Union[MigrationRequest, _Mapping]] = ..., probe: _Optional[_Union[Probe, _Mapping]] = ..., app_report: _Optional[_Union[AppReport, _Mapping]] = ..., guest_command: _Optional[_Union[GuestCommand, _Mapping]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("service", "host", "uptime_s", "interval_s", "version", "counters")
@@ -186,18 +199,20 @@ class Rule(_message.Message):
     def __init__(self, dst_mac: _Optional[str] = ..., src_mac: _Optional[str] = ..., link_id: _Optional[str] = ..., guest_id: _Optional[str] = ..., drop: _Optional[bool] = ...) -> None: ...
 
 class Guest(_message.Message):
-    __slots__ = ("id", "mac", "ip", "kind", "attachment")
+    __slots__ = ("id", "mac", "ip", "kind", "attachment", "standby")
     ID_FIELD_NUMBER: _ClassVar[int]
     MAC_FIELD_NUMBER: _ClassVar[int]
     IP_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
+    STANDBY_FIELD_NUMBER: _ClassVar[int]
     id: str
     mac: str
     ip: str
     kind: AttachmentKind
     attachment: str
-    def __init__(self, id: _Optional[str] = ..., mac: _Optional[str] = ..., ip: _Optional[str] = ..., kind: _Optional[_Union[AttachmentKind, str]] = ..., attachment: _Optional[str] = ...) -> None: ...
+    standby: bool
+    def __init__(self, id: _Optional[str] = ..., mac: _Optional[str] = ..., ip: _Optional[str] = ..., kind: _Optional[_Union[AttachmentKind, str]] = ..., attachment: _Optional[str] = ..., standby: _Optional[bool] = ...) -> None: ...
 
 class LinkStatus(_message.Message):
     __slots__ = ("spec", "up", "up_since", "reconnects")
@@ -212,7 +227,7 @@ class LinkStatus(_message.Message):
     def __init__(self, spec: _Optional[_Union[LinkSpec, _Mapping]] = ..., up: _Optional[bool] = ..., up_since: _Optional[float] = ..., reconnects: _Optional[int] = ...) -> None: ...
 
 class ForwarderState(_message.Message):
-    __slots__ = ("host", "is_proxy", "generation", "listen_address", "links", "rules", "guests")
+    __slots__ = ("host", "is_proxy", "generation", "listen_address", "links", "rules", "guests", "waiting")
     HOST_FIELD_NUMBER: _ClassVar[int]
     IS_PROXY_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -220,6 +235,7 @@ class ForwarderState(_message.Message):
     LINKS_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
     GUESTS_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
     host: str
     is_proxy: bool
     generation: int
@@ -227,7 +243,8 @@ class ForwarderState(_message.Message):
     links: _containers.RepeatedCompositeFieldContainer[LinkStatus]
     rules: _containers.RepeatedCompositeFieldContainer[Rule]
     guests: _containers.RepeatedCompositeFieldContainer[Guest]
-    def __init__(self, host: _Optional[str] = ..., is_proxy: _Optional[bool] = ..., generation: _Optional[int] = ..., listen_address: _Optional[str] = ..., links: _Optional[_Iterable[_Union[LinkStatus, _Mapping]]] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., guests: _Optional[_Iterable[_Union[Guest, _Mapping]]] = ...) -> None: ...
+    waiting: _containers.RepeatedCompositeFieldContainer[Guest]
+    def __init__(self, host: _Optional[str] = ..., is_proxy: _Optional[bool] = ..., generation: _Optional[int] = ..., listen_address: _Optional[str] = ..., links: _Optional[_Iterable[_Union[LinkStatus, _Mapping]]] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., guests: _Optional[_Iterable[_Union[Guest, _Mapping]]] = ..., waiting: _Optional[_Iterable[_Union[Guest, _Mapping]]] = ...) -> None: ...
 
 class DesiredState(_message.Message):
     __slots__ = ("host", "generation", "links", "rules")
@@ -375,6 +392,18 @@ class Plan(_message.Message):
     explanation: str
     def __init__(self, plan_id: _Optional[int] = ..., planner: _Optional[str] = ..., based_on_change: _Optional[int] = ..., placement: _Optional[_Iterable[_Union[Placement, _Mapping]]] = ..., links_add: _Optional[_Iterable[_Union[LinkSpec, _Mapping]]] = ..., links_remove: _Optional[_Iterable[_Union[LinkSpec, _Mapping]]] = ..., desired: _Optional[_Iterable[_Union[DesiredState, _Mapping]]] = ..., migrations: _Optional[_Iterable[_Union[Migration, _Mapping]]] = ..., explanation: _Optional[str] = ...) -> None: ...
 
+class GuestCommand(_message.Message):
+    __slots__ = ("host", "command_id", "op", "guest")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    GUEST_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    command_id: str
+    op: GuestOp
+    guest: Guest
+    def __init__(self, host: _Optional[str] = ..., command_id: _Optional[str] = ..., op: _Optional[_Union[GuestOp, str]] = ..., guest: _Optional[_Union[Guest, _Mapping]] = ...) -> None: ...
+
 class MigrationRequest(_message.Message):
     __slots__ = ("migration_id", "guest_id", "to_host", "requested_by")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -414,3 +443,31 @@ class MigrationStatus(_message.Message):
     downtime_s: float
     bytes_moved: int
     def __init__(self, migration_id: _Optional[str] = ..., guest_id: _Optional[str] = ..., from_host: _Optional[str] = ..., to_host: _Optional[str] = ..., phase: _Optional[_Union[MigrationPhase, str]] = ..., backend: _Optional[str] = ..., progress: _Optional[float] = ..., detail: _Optional[str] = ..., error: _Optional[str] = ..., total_s: _Optional[float] = ..., downtime_s: _Optional[float] = ..., bytes_moved: _Optional[int] = ...) -> None: ...
+
+class AppReport(_message.Message):
+    __slots__ = ("app", "guest", "rank", "iterations", "iterations_per_s", "bytes_sent", "interval_s", "topology", "workers", "bytes_received", "done", "error")
+    APP_FIELD_NUMBER: _ClassVar[int]
+    GUEST_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    app: str
+    guest: str
+    rank: int
+    iterations: int
+    iterations_per_s: float
+    bytes_sent: int
+    interval_s: float
+    topology: str
+    workers: int
+    bytes_received: int
+    done: bool
+    error: str
+    def __init__(self, app: _Optional[str] = ..., guest: _Optional[str] = ..., rank: _Optional[int] = ..., iterations: _Optional[int] = ..., iterations_per_s: _Optional[float] = ..., bytes_sent: _Optional[int] = ..., interval_s: _Optional[float] = ..., topology: _Optional[str] = ..., workers: _Optional[int] = ..., bytes_received: _Optional[int] = ..., done: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
