@@ -9,8 +9,10 @@ from services.bus import cli as bus_cli
 from services.cli import demo
 from services.forwarder import cli as forwarder_cli
 from services.inference import cli as inference_cli
+from services.migrator import cli as migrator_cli
 from services.planner import cli as planner_cli
 from services.testbed import cli as testbed_cli
+from services.workloads import cli as workloads_cli
 
 
 def parser() -> argparse.ArgumentParser:
@@ -23,6 +25,8 @@ def parser() -> argparse.ArgumentParser:
     forwarder_cli.register(sub)
     inference_cli.register(sub)
     planner_cli.register(sub)
+    migrator_cli.register(sub)
+    workloads_cli.register(sub)
     return p
 
 

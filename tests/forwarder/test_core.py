@@ -419,3 +419,47 @@ def test_guest_options_and_members_parse_or_name_the_problem(tmp_path: object) -
     with pytest.raises(ValueError, match="not in members"):
         ForwarderSettings(host="h9", listen="1.2.3.4:1", is_proxy=True,
                           members=frozenset({"h1"})).check()
+
+
+# ---------------------------------------------------------------- guests that move
+
+
+def test_a_rule_sending_a_local_guests_mac_away_is_stale_and_the_guest_wins() -> None:
+    core = spoke()
+    core.set_rules([CompiledRule(dst=mac_from_str(G1), src=b"", link_id="fast")])
+    assert names(core, core.route(core.by_name["g2"], vframe(G1, G2))) == ["g1"]
+
+
+def test_a_down_guest_port_gets_no_frames_and_no_floods() -> None:
+    core = spoke()
+    core.set_port_up("g1", False)
+    assert names(core, core.route(core.by_name["g2"], vframe(BCAST, G2))) == ["star"]
+    # Not here any more: towards the proxy, like any unknown MAC.
+    assert names(core, core.route(core.by_name["g2"], vframe(G1, G2))) == ["star"]
+
+
+def test_the_proxy_follows_an_announcement_over_a_stale_rule() -> None:
+    core = ForwarderCore("proxy", is_proxy=True)
+    core.add_guest("g4", G4)
+    core.add_link("star-h1", star=True)
+    core.add_link("star-h2", star=True)
+    core.add_link("fast-h1", star=False)
+    core.set_link_up("star-h1", True, [G1], peer_host="h1")
+    core.set_link_up("star-h2", True, [G2], peer_host="h2")
+    core.set_link_up("fast-h1", True, peer_host="h1")
+    core.set_rules([CompiledRule(dst=mac_from_str(G1), src=b"", link_id="fast-h1")])
+    ingress = core.by_name["g4"]
+    assert names(core, core.route(ingress, vframe(G1, G4))) == ["fast-h1"]  # a fine route
+    # g1 moves from h1 to h2: both spokes announce their new sets.
+    core.set_peer_macs("star-h1", [])
+    core.set_peer_macs("star-h2", [G2, G1])
+    assert names(core, core.route(ingress, vframe(G1, G4))) == ["star-h2"]
+
+
+def test_announcements_parse_and_garbage_is_refused() -> None:
+    body = framing.announce_body((G1, G2))
+    assert framing.parse_announce(body) == (G1, G2)
+    assert framing.parse_announce(b"") == ()
+    for bad in (b"\xff\xfe", b"02:00:00:00:00", b"zz:00:00:00:00:01"):
+        with pytest.raises(framing.BadStream):
+            framing.parse_announce(bad)

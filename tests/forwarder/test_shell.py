@@ -336,3 +336,54 @@ async def test_capture_writes_a_pcap_of_a_guest_and_a_link(net: Net, tmp_path: P
     with pytest.raises(ValueError, match="no port 'nope'"):
         await loop.run_in_executor(None, run_client, sock, "nope", str(tmp_path / "x"), 1, 5.0)
     await wait_until(lambda: not net.a._captures, 5, "captures gone")
+
+
+async def test_a_guest_moves_between_forwarders_on_a_standby_attachment(
+        net: Net, tmp_path: Path) -> None:
+    """The QEMU migration's data-plane steps: standby at b, live on its first frame,
+    announced to the proxy, released at a; bad commands change nothing."""
+    dest = FakeQemu(tmp_path / "a-at-b.sock")
+    await dest.start()
+    try:
+        moved = pb.Guest(id="ga", mac=MA, kind=pb.ATTACHMENT_QEMU_STREAM,
+                         attachment=f"unix:{dest.path}", standby=True)
+        net.b.guest_command(pb.GuestCommand(host="b", command_id="c1", op=pb.GUEST_OP_ATTACH,
+                                            guest=moved))
+        await asyncio.wait_for(dest.connected.wait(), 5)
+        state = net.b.state()
+        assert [g.id for g in state.waiting] == ["ga"] and "ga" not in {g.id for g in
+                                                                         state.guests}
+        # On standby, it gets nothing: frames for ga still reach the source.
+        to_a = eth(MA, MP, b"before" + bytes(50))
+        net.qp.send(to_a)
+        await net.qa.expect(lambda f: f == to_a)
+        # The destination's first frame from the guest (QEMU's announce) makes it live.
+        dest.send(eth(BCAST, MA, b"rarp" + bytes(50), ethertype=0x8035))
+        await wait_until(lambda: "ga" in {g.id for g in net.b.state().guests}, 5, "ga live at b")
+        assert net.a.detach_guest("ga")
+        await wait_until(lambda: mac_bytes(MA) in net.proxy.core.port("star-b").peer_macs
+                         and mac_bytes(MA) not in net.proxy.core.port("star-a").peer_macs,
+                         5, "the proxy to hear both announcements")
+        to_b = eth(MA, MP, b"after" + bytes(50))
+        net.qp.send(to_b)
+        await dest.expect(lambda f: f == to_b)
+        assert not net.a.detach_guest("ga")  # idempotent: already gone
+        # Bad commands: counted, nothing changes.
+        bad = [
+            pb.Guest(id="gx", mac=MB, kind=pb.ATTACHMENT_QEMU_STREAM, attachment="unix:/x"),
+            pb.Guest(id="gy", mac="02:00:00:00:0c:01", kind=pb.ATTACHMENT_TAP, attachment="t"),
+            pb.Guest(id="gz", mac="02:00:00:00:0c:02", kind=pb.ATTACHMENT_QEMU_STREAM,
+                     attachment="/no/scheme"),
+        ]
+        for i, g in enumerate(bad):
+            net.b.guest_command(pb.GuestCommand(host="b", command_id=f"bad{i}",
+                                                op=pb.GUEST_OP_ATTACH, guest=g))
+        assert net.b.counters["guest_mac_conflict"] == 1
+        assert net.b.counters["guest_command_bad"] == 2
+        assert sorted(net.b.guest_specs) == ["ga", "gb"]
+    finally:
+        await dest.close()
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))

@@ -1,0 +1,110 @@
+"""Charge a netns move the cost of copying a guest's memory across the underlay.
+
+A namespace guest has no memory image to move, but a VM does, and its move
+takes as long as its memory takes to cross the link between the two hosts.
+`copy_memory` runs a receiver in the destination host's namespace and a sender
+in the source's, and streams the configured number of bytes over TCP between
+their underlay addresses, so a move's duration follows the real (shaped) link.
+Run as a module it is that sender or receiver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+CHUNK = 1 << 20
+
+
+async def _line(stream: asyncio.StreamReader | None, timeout: float) -> str:
+    assert stream is not None
+    return (await asyncio.wait_for(stream.readline(), timeout)).decode().strip()
+
+
+async def copy_memory(src_netns: str, dst_netns: str, dst_ip: str, port: int, nbytes: int,
+                      on_progress: Callable[[int], None], timeout: float = 600.0) -> int:
+    """Stream nbytes from src_netns to dst_ip:port in dst_netns; the bytes received."""
+    me = [sys.executable, "-m", "services.migrator.memcopy"]
+    recv = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", dst_netns, *me, "recv", "--listen", f"{dst_ip}:{port}",
+        "--bytes", str(nbytes), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    send: asyncio.subprocess.Process | None = None
+    try:
+        if await _line(recv.stdout, 30.0) != "ready":
+            raise OSError(f"memory receiver in {dst_netns} did not start")
+        send = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", src_netns, *me, "send", "--to", f"{dst_ip}:{port}",
+            "--bytes", str(nbytes), stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while True:
+            line = await _line(send.stdout, max(0.1, deadline - time.monotonic()))
+            if not line:
+                break
+            kind, _, value = line.partition(" ")
+            if kind == "sent":
+                on_progress(int(value))
+        done = await _line(recv.stdout, max(0.1, deadline - time.monotonic()))
+        if not done.startswith("received "):
+            err = (await recv.stderr.read()).decode() if recv.stderr else ""
+            raise OSError(f"memory copy to {dst_netns} failed: {err.strip()[-300:]}")
+        return int(done.split()[1])
+    finally:
+        for proc in (send, recv):
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+            if proc is not None:
+                await proc.wait()
+
+
+def _recv(listen: str, nbytes: int) -> int:
+    host, _, port = listen.rpartition(":")
+    with socket.create_server((host, int(port))) as server:
+        print("ready", flush=True)
+        conn, _ = server.accept()
+        with conn:
+            got = 0
+            buf = bytearray(CHUNK)
+            while got < nbytes:
+                n = conn.recv_into(buf)
+                if n == 0:
+                    break
+                got += n
+    print(f"received {got}", flush=True)
+    return 0 if got == nbytes else 1
+
+
+def _send(to: str, nbytes: int) -> int:
+    host, _, port = to.rpartition(":")
+    chunk = bytes(CHUNK)
+    sent = 0
+    last = 0.0
+    with socket.create_connection((host, int(port)), timeout=30) as conn:
+        while sent < nbytes:
+            n = min(CHUNK, nbytes - sent)
+            conn.sendall(chunk[:n])
+            sent += n
+            now = time.monotonic()
+            if now - last >= 0.1:
+                print(f"sent {sent}", flush=True)
+                last = now
+    print(f"sent {sent}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="memcopy")
+    p.add_argument("role", choices=["send", "recv"])
+    p.add_argument("--listen", default="")
+    p.add_argument("--to", default="")
+    p.add_argument("--bytes", type=int, required=True)
+    args = p.parse_args(argv)
+    return _recv(args.listen, args.bytes) if args.role == "recv" else _send(args.to, args.bytes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
