@@ -78,8 +78,7 @@ class NetnsBackend:
         code, err = await _ip("-n", src.netns, "link", "set", "dev", iface, "netns", dst.netns)
         if code != 0:
             raise MoveFailed(f"moving {iface} from {src.netns} to {dst.netns} failed: {err}")
-        # The destination forwarder brings it up too; doing it here saves a round trip.
-        await _ip("-n", dst.netns, "link", "set", "dev", iface, "up")
+        # It arrives down; the destination forwarder sees it arrive and brings it up.
 
     async def run(self, move: Move, ctl: MoveControl) -> Outcome:
         guest = move.guest

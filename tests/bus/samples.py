@@ -52,6 +52,9 @@ SAMPLES: dict[str, tuple[str, Message]] = {
         downtime_s=0.05, bytes_moved=93_000_000)),
     "migration_request": ("control.migrate", pb.MigrationRequest(
         migration_id="m1", guest_id="g2", to_host="h2", requested_by="operator")),
+    "app_report": ("app.patterns.g1", pb.AppReport(
+        app="patterns", guest="g1", rank=0, iterations=10, iterations_per_s=5.0,
+        bytes_sent=1000, interval_s=1.0, topology="ring", workers=4)),
     "guest_command": ("control.guest.h2", pb.GuestCommand(
         host="h2", command_id="m1-attach", op=pb.GUEST_OP_ATTACH,
         guest=pb.Guest(id="g2", mac="02:00:00:00:00:02", kind=pb.ATTACHMENT_PACKET,
