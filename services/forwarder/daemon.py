@@ -538,8 +538,9 @@ class Forwarder:
                 _tune(proto)
                 proto.write(framing.encode(MsgType.HELLO, self._hello(link).encode()))
                 if await asyncio.wait_for(proto.welcomed, self.s.handshake_s):
-                    link.conn = proto
-                    self._set_up(link, True, time.monotonic())
+                    if link.conn is not proto:  # normally set on WELCOME already
+                        link.conn = proto
+                        self._set_up(link, True, time.monotonic())
                     link.backoff.reset()
                     await proto.closed
             except (OSError, TimeoutError, ValueError, ssl.SSLError) as exc:
@@ -621,6 +622,11 @@ class Forwarder:
                 peer = body.decode(errors="replace")
                 if conn.link is not None and not conn.link.spec.peer_host:
                     conn.link.spec.peer_host = peer
+                if conn.link is not None and not conn.link.removed:
+                    # Up at once: the peer's first frames may follow in this same read,
+                    # before the dialling task resumes.
+                    conn.link.conn = conn
+                    self._set_up(conn.link, True, now)
                 conn.welcomed.set_result(True)
             elif kind == MsgType.REFUSE and conn.dialer:
                 reason = body.decode(errors="replace")
