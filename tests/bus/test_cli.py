@@ -1,4 +1,4 @@
-"""The `vnet` command as operators run it: tail, keys, demo, broker, settings."""
+"""The `vnet` command as operators run it: tail, keys, broker, settings."""
 
 from __future__ import annotations
 
@@ -65,14 +65,6 @@ def test_keys_cli_init_add_list(tmp_path: Path) -> None:
     assert listing[0].split()[:2] == ["planner", "control"]
     assert listing[1].split()[:2] == ["worker", "connect"]
     assert (tmp_path / "k" / "broker.key_secret").exists()
-
-
-def test_demo_shows_heartbeats_and_ends_by_itself() -> None:
-    out = subprocess.run([*VNET, "demo", "--duration", "3"], capture_output=True, text=True,
-                         timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert "heartbeat.sample" in out.stdout and "heartbeat.broker" in out.stdout
-    assert "demo done" in out.stdout
 
 
 def test_settings_from_environment_and_arguments() -> None:
