@@ -7,12 +7,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages the tests, demo and benchmarks use.
 APT_PACKAGES := iproute2 iputils-ping iperf3 ethtool tcpdump procps openssl \
-	qemu-system-x86 busybox-static cpio tinc
+	qemu-system-x86 busybox-static cpio tinc nginx postgresql wrk
 BENCH ?=
 
 VM_DIR := build/vm
 
-.PHONY: all venv apt vm test demo proto proto-check lint bench lock clean
+.PHONY: all venv apt vm test demo proto proto-check lint bench eval lock clean \
+	compose-base compose-wheels compose-build compose-up compose-down compose-tail \
+	compose-test
 
 all: test
 
@@ -57,6 +59,10 @@ lint: venv
 bench: venv apt vm
 	$(PY) -m bench $(BENCH)
 
+# The original's experiments reproduced (bench/evaluation): bench/results/eval.{json,md,png}.
+eval: venv apt
+	$(PY) -m bench.evaluation $(SCENARIOS)
+
 # Re-resolve the pinned versions in a scratch virtualenv.
 lock:
 	rm -rf .lockenv && $(PYTHON) -m venv .lockenv
@@ -67,3 +73,52 @@ lock:
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
+
+# ---- the docker compose testbed (compose/README.md) ----
+# `docker compose` (v2) when present, else docker-compose (v1).
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+# The base image: made here from debootstrap (no registry needed), or give a public one,
+# e.g. `make compose-up COMPOSE_BASE=python:3.11-slim-bookworm`.
+COMPOSE_LOCAL_BASE := vnet-base:bookworm
+COMPOSE_BASE ?= $(COMPOSE_LOCAL_BASE)
+COMPOSE_IMAGE ?= vnet:local
+COMPOSE_DIST := compose/dist
+
+# Debian bookworm minbase + python3 → `docker import`; skipped when the image exists.
+compose-base:
+	@docker image inspect $(COMPOSE_LOCAL_BASE) >/dev/null 2>&1 || { \
+	  command -v debootstrap >/dev/null || { apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap >/dev/null; }; \
+	  bash compose/base/build.sh $(COMPOSE_LOCAL_BASE) build/compose-base; }
+
+# The wheels the image installs offline: vnet (from a clean copy of the tree, so no
+# stale build/ output slips in) and its dependencies at the locked versions.
+compose-wheels: venv
+	rm -rf $(COMPOSE_DIST) build/compose-src && mkdir -p $(COMPOSE_DIST)/deps $(COMPOSE_DIST)/vnet build/compose-src
+	tar -c --exclude=__pycache__ pyproject.toml README.md services | tar -x -C build/compose-src
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir $(COMPOSE_DIST)/vnet build/compose-src
+	$(PY) -m pip wheel --quiet --wheel-dir $(COMPOSE_DIST)/deps -c requirements.lock \
+	  $(COMPOSE_DIST)/vnet/*.whl
+	rm -rf build/compose-src $(COMPOSE_DIST)/deps/vnet-*.whl
+	ls $(COMPOSE_DIST)/deps | sed -nE 's/^([^-]+)-([^-]+)-.*\.whl$$/\1==\2/p' > $(COMPOSE_DIST)/deps/requirements.txt
+
+# The image it replaces is removed when nothing uses it any more.
+compose-build: compose-wheels $(if $(filter $(COMPOSE_LOCAL_BASE),$(COMPOSE_BASE)),compose-base)
+	@old=$$(docker image inspect --format '{{.Id}}' $(COMPOSE_IMAGE) 2>/dev/null); \
+	docker build --quiet --build-arg BASE=$(COMPOSE_BASE) -t $(COMPOSE_IMAGE) compose && \
+	new=$$(docker image inspect --format '{{.Id}}' $(COMPOSE_IMAGE)) && \
+	if [ -n "$$old" ] && [ "$$old" != "$$new" ]; then docker rmi "$$old" >/dev/null 2>&1 || true; fi
+
+compose-up: compose-build
+	cd compose && VNET_IMAGE=$(COMPOSE_IMAGE) $(COMPOSE) up -d --no-build
+	bash compose/wait-healthy.sh vnet 300
+
+# Leaves no container, network or volume of the project behind.
+compose-down:
+	cd compose && $(COMPOSE) down --volumes --remove-orphans
+
+compose-tail:
+	cd compose && $(COMPOSE) run --rm operator
+
+compose-test: venv compose-build
+	$(VENV)/bin/pytest -m compose tests/compose

@@ -131,6 +131,14 @@ async def _run(stack: Stack, args: argparse.Namespace, t0: float) -> tuple[float
     with PatternsRun(tb, guests, work, bus, logs=stack.logs) as run:
         show.say(f"Patterns ring over {len(guests)} guests ({', '.join(guests)}),"
                  f" {args.msg_kib} KiB messages, {args.compute_s * 1000:.0f} ms compute")
+        # Every worker has finished an iteration: the ring runs (slow starts on a busy machine).
+        deadline = time.monotonic() + 120
+        while (len(show.tput.points) < len(guests) or not all(
+                pts[-1][1] > 0 for pts in show.tput.points.values())):
+            if time.monotonic() > deadline:
+                show.say("warning: not every worker reported an iteration within 120 s")
+                break
+            await show.pump(0.5)
         await show.pump(args.warmup_s)
         start = time.monotonic()
         await show.pump(args.before_s)

@@ -85,11 +85,22 @@ class Stack:
     def start_adaptation(self) -> None:
         """Planner and migrator: from now on vnet adapts by itself."""
         assert self.tb is not None and self.bus is not None
-        self._start("planner", list(self.settings.planner_args))
+        self.start_planner()
         self.migrator = start_migrator(
             self.tb, self.bus, log=self.logs / "migrator.log",
             journal=self.tb.run_dir / "migrator-journal",
             extra=list(self.settings.migrator_args))
+
+    def start_planner(self, args: list[str] | None = None) -> None:
+        """(Re)start the planner alone, with StackSettings' args unless given.
+
+        The evaluation steps the planner's link budget on one running system;
+        a planner already running is stopped first.
+        """
+        old = self.services.pop("planner", None)
+        if old is not None:
+            old.stop()
+        self._start("planner", list(self.settings.planner_args if args is None else args))
 
     def _stop_processes(self) -> None:
         if self.migrator is not None:

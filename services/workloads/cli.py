@@ -12,7 +12,7 @@ from typing import Any
 from services.bus import log as buslog
 from services.bus import settings as bus_settings
 from services.bus.client import BusClient, BusTimeout
-from services.workloads import report, topologies
+from services.workloads import report, topologies, webcli
 from services.workloads.patterns import DEFAULT_PORT, PatternsParams
 from services.workloads.worker import Worker
 
@@ -120,3 +120,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _topology_arg(e)
     e.add_argument("--workers", "-n", type=int, required=True)
     e.set_defaults(func=_edges)
+    webcli.register(sub)

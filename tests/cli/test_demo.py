@@ -18,12 +18,12 @@ ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "services/testbed/specs/cluster.toml"
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_the_demo_adapts_by_itself_and_ends_with_the_figures() -> None:
     out = subprocess.run(
-        [*VNET, "demo", "--warmup-s", "2", "--before-s", "6", "--adapt-s", "30",
-         "--settle-s", "3", "--after-s", "6"],
-        capture_output=True, text=True, timeout=220, cwd=str(ROOT))
+        [*VNET, "demo", "--warmup-s", "2", "--before-s", "8", "--adapt-s", "40",
+         "--settle-s", "3", "--after-s", "8"],
+        capture_output=True, text=True, timeout=280, cwd=str(ROOT))
     lines = out.stdout.strip().splitlines()
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "inference: topology change" in out.stdout and "ring over 6 guests" in out.stdout
@@ -36,7 +36,7 @@ def test_the_demo_adapts_by_itself_and_ends_with_the_figures() -> None:
     assert not any(r.owner_alive for r in rundir.list_runs() if r.spec == "demo")
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_up_keeps_the_system_until_down_removes_it() -> None:
     up = subprocess.Popen([*VNET, "up", str(CLUSTER)], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, cwd=str(ROOT),
@@ -45,7 +45,7 @@ def test_up_keeps_the_system_until_down_removes_it() -> None:
         assert up.stdout is not None
         fd = up.stdout.fileno()
         text = ""
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 150  # a busy machine builds namespaces slowly
         while "  stop:" not in text:
             ready, _, _ = select.select([fd], [], [], max(0.1, deadline - time.monotonic()))
             assert ready and time.monotonic() < deadline, f"vnet up said only {text!r}"

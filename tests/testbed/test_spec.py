@@ -23,8 +23,11 @@ def minimal(**top: Any) -> dict[str, Any]:
     return d
 
 
-def test_examples_are_the_three_environments() -> None:
-    assert [p.name for p in EXAMPLES] == ["cluster.toml", "two-clusters.toml", "wan.toml"]
+def test_examples_are_the_three_environments_and_the_demo() -> None:
+    assert [p.name for p in EXAMPLES] == ["cluster.toml", "demo.toml", "two-clusters.toml",
+                                          "wan.toml"]
+    demo = load_spec(SPECS / "demo.toml")
+    assert len(demo.sites) == 2 and demo.wans[0].rate_mbit == 20
     cluster = load_spec(SPECS / "cluster.toml")
     assert len(cluster.sites) == 1 and cluster.wans == ()
     two = load_spec(SPECS / "two-clusters.toml")
