@@ -111,7 +111,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--copy-port", type=int, default=7400,
                    help="netns backend: first TCP port for memory copies (default 7400)")
     p.add_argument("--qemu-dir", default="",
-                   help="qemu backend: the run directory where VM sockets live")
+                   help="qemu backend: the VM directories (DIR/<vm>/vm.json and one folder per"
+                        " QEMU process with its sockets)")
+    p.add_argument("--qemu-downtime-ms", type=int, default=30,
+                   help="qemu backend: QEMU's downtime limit for the switch-over"
+                        " (default %(default)s)")
+    p.add_argument("--qemu-max-bandwidth", type=float, default=0.0, metavar="MIB_S",
+                   help="qemu backend: cap the migration at this many MiB/s; 0 = none"
+                        " (default %(default)s)")
     p.add_argument("--max-concurrent", type=int, default=d.max_concurrent,
                    help="moves at once; more queue (default %(default)s)")
     p.add_argument("--journal", default=d.journal_dir,
