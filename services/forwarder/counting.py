@@ -34,6 +34,8 @@ class PairCounter:
         # key -> [frames, bytes, frames at last cut, bytes at last cut]
         self.pairs: dict[bytes, list[int]] = {}
         self.overflow_frames = 0
+        # key -> (src, dst) as text, made once per pair: cut() runs at the update rate
+        self._names: dict[bytes, tuple[str, str]] = {}
 
     def add(self, key: bytes, nbytes: int) -> None:
         c = self.pairs.get(key)
@@ -48,13 +50,17 @@ class PairCounter:
     def cut(self) -> list[PairDelta]:
         """The pairs that saw traffic since the last cut, sorted; starts a new interval."""
         out: list[PairDelta] = []
+        names = self._names
         for key, c in self.pairs.items():
             frames, nbytes, last_frames, last_bytes = c
             if frames != last_frames:
+                name = names.get(key)
+                if name is None:
+                    name = names[key] = (mac_to_str(key[6:12]), mac_to_str(key[0:6]))
                 out.append(
                     PairDelta(
-                        src_mac=mac_to_str(key[6:12]),
-                        dst_mac=mac_to_str(key[0:6]),
+                        src_mac=name[0],
+                        dst_mac=name[1],
                         frames=frames - last_frames,
                         bytes=nbytes - last_bytes,
                         total_frames=frames,

@@ -314,6 +314,14 @@ class Forwarder:
         link.peer_macs = framing.parse_announce(body)
         if link.up:
             self.core.set_peer_macs(link.id, link.peer_macs)
+        # The newest claim wins: a guest that moved is gone from its old spoke even
+        # before that spoke's own announcement (which follows its release) arrives.
+        claimed = set(link.peer_macs)
+        for other in self.links.values():
+            if other is not link and other.star and claimed & set(other.peer_macs):
+                other.peer_macs = tuple(m for m in other.peer_macs if m not in claimed)
+                if other.up:
+                    self.core.set_peer_macs(other.id, other.peer_macs)
         self._mark_state()
         self.log.info("star peer announced guests", link=link.id, macs=list(link.peer_macs))
 
@@ -592,17 +600,22 @@ class Forwarder:
 
     # LinkOwner callbacks --------------------------------------------------
 
+    def on_stream_frames(self, conn: StreamConn, bodies: list[bytes]) -> None:
+        """The FRAME messages of one read, routed as one batch (one flush)."""
+        link = conn.link
+        if link is None or link.conn is not conn:
+            self._refuse(conn, "link_frame_before_hello", "frame before the handshake")
+            return
+        stats = link.stats
+        stats.rx_frames += len(bodies)
+        stats.rx_bytes += sum(map(len, bodies)) - VNET_HDR_LEN * len(bodies)
+        stats.last_rx = self._clock  # traffic proves liveness as well as pongs do
+        self.ingest(link.port, bodies)
+
     def on_stream_message(self, conn: StreamConn, kind: int, body: bytes) -> None:
         link = conn.link
         if kind == MsgType.FRAME:
-            if link is None or link.conn is not conn:
-                self._refuse(conn, "link_frame_before_hello", "frame before the handshake")
-                return
-            stats = link.stats
-            stats.rx_frames += 1
-            stats.rx_bytes += len(body) - VNET_HDR_LEN
-            stats.last_rx = self._clock  # traffic proves liveness as well as pongs do
-            self.ingest(link.port, [body])
+            self.on_stream_frames(conn, [body])
             return
         now = time.monotonic()
         try:

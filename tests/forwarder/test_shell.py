@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from scapy.layers.l2 import Ether
+from scapy.utils import rdpcap
 
 from services.bus.pb import vnet_pb2 as pb
 from services.forwarder import framing
+from services.forwarder.capture import run_client
 from services.forwarder.config import GuestSpec
 from services.forwarder.daemon import Forwarder
 from tests.forwarder.shell_helpers import (
@@ -314,17 +317,16 @@ async def test_rule_change_mid_stream_loses_no_frame(net: Net) -> None:
 
 
 async def test_capture_writes_a_pcap_of_a_guest_and_a_link(net: Net, tmp_path: Path) -> None:
-    from scapy.layers.l2 import Ether
-    from scapy.utils import rdpcap
-
-    from services.forwarder.capture import run_client
-
     loop = asyncio.get_running_loop()
     sock = net.a.s.capture_socket
     guest_pcap, link_pcap = tmp_path / "ga.pcap", tmp_path / "star.pcap"
     jobs = [loop.run_in_executor(None, run_client, sock, "ga", str(guest_pcap), 3, 10.0),
             loop.run_in_executor(None, run_client, sock, "star-a", str(link_pcap), 3, 10.0)]
     await wait_until(lambda: len(net.a._captures) == 2, 5, "captures registered")
+    # A slow start of the capture threads can starve the loop past the keepalive
+    # deadline on a busy machine; the star reconnects by itself: wait for it.
+    await wait_until(lambda: link_up(net.a, "star-a") and link_up(net.proxy, "star-a"), 10,
+                     "star up")
     frames = [eth(MB, MA, bytes([i]) * 60) for i in range(3)]
     for f in frames:
         net.qa.send(f)
