@@ -12,6 +12,7 @@ to QEMU and is dropped and counted.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import fcntl
 import os
@@ -45,6 +46,7 @@ TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
 TUN_F_TSO_ECN = 0x08
 
+SO_ATTACH_FILTER = 26
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
@@ -116,7 +118,8 @@ class _FdAttachment:
 class PacketAttachment(_FdAttachment):
     """An existing interface (the host side of a guest's veth), read with AF_PACKET."""
 
-    def __init__(self, spec: GuestSpec, on_frames: FramesCallback, on_error: ErrorCallback) -> None:
+    def __init__(self, spec: GuestSpec, on_frames: FramesCallback, on_error: ErrorCallback,
+                 source_only: bool = False) -> None:
         super().__init__(spec, on_frames, on_error)
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
         try:
@@ -125,6 +128,8 @@ class PacketAttachment(_FdAttachment):
             big_buffers(sock)
             ifindex = socket.if_nametoindex(spec.target)
             set_up(sock, spec.target)  # a device moved in from another namespace arrives down
+            if source_only and spec.mac:
+                attach_source_filter(sock, spec.mac)
             sock.bind((spec.target, ETH_P_ALL))
             mreq = struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b"")
             sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
@@ -142,6 +147,11 @@ class PacketAttachment(_FdAttachment):
 
     def _read_one(self) -> bytes:
         return self._recv(READ_SIZE)
+
+    def source_only(self) -> None:
+        """From now on only this guest's frames: another guest shares the interface
+        (a container host's segment after a move); alone, a guest's frames are all its."""
+        attach_source_filter(self.sock, self.spec.mac)
 
     def _gone(self, exc: OSError) -> bool:
         """ENETDOWN also means "set down" (it comes back); only a vanished device is gone."""
@@ -162,6 +172,22 @@ class PacketAttachment(_FdAttachment):
     def close(self) -> None:
         super().close()
         self.sock.close()
+
+
+def source_filter(mac: str) -> bytes:
+    """Classic BPF accepting only frames whose source MAC is mac (bytes 6-11)."""
+    raw = bytes.fromhex(mac.replace(":", ""))
+    hi, lo = int.from_bytes(raw[:4], "big"), int.from_bytes(raw[4:], "big")
+    ld_w, ld_h, jeq, ret = 0x20, 0x28, 0x15, 0x06  # BPF_LD|W|ABS, LD|H|ABS, JMP|JEQ|K, RET|K
+    program = [(ld_w, 0, 0, 6), (jeq, 0, 3, hi), (ld_h, 0, 0, 10), (jeq, 0, 1, lo),
+               (ret, 0, 0, 0x40000), (ret, 0, 0, 0)]
+    return b"".join(struct.pack("HBBI", *insn) for insn in program)
+
+
+def attach_source_filter(sock: socket.socket, mac: str) -> None:
+    code = ctypes.create_string_buffer(source_filter(mac))
+    fprog = struct.pack("HxxxxxxQ", len(code.raw) // 8, ctypes.addressof(code))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 def set_up(sock: socket.socket, ifname: str) -> None:

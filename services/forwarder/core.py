@@ -47,6 +47,7 @@ class Port:
     mac: bytes = b""  # a guest's MAC
     peer_macs: tuple[bytes, ...] = ()  # guests a star peer announced (proxy side)
     peer_host: str = ""  # a link's far end, when known
+    segment: str = ""  # a guest's interface when several guests may share it
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,10 +82,12 @@ class ForwarderCore:
             "no_route": 0,
             "rule_drop": 0,
             "hairpin": 0,
+            "same_segment": 0,
             "broadcast": 0,
         }
         self._is_guest: list[bool] = []
         self._flood: list[tuple[int, ...]] = []
+        self._segment: list[str] = []
         self._cache: dict[bytes, int] = {}
         self._exact: dict[bytes, CompiledRule] = {}
         self._dst: dict[bytes, CompiledRule] = {}
@@ -102,9 +105,18 @@ class ForwarderCore:
         self._rebuild()
         return index
 
-    def add_guest(self, guest_id: str, mac: str, up: bool = True) -> int:
-        """A guest port; down while its attachment is not live (it gets no frames)."""
-        return self.add_port(guest_id, PortKind.GUEST, mac=mac_from_str(mac), up=up)
+    def add_guest(self, guest_id: str, mac: str, up: bool = True, segment: str = "") -> int:
+        """A guest port; down while its attachment is not live (it gets no frames).
+
+        Guests on one segment (one interface, e.g. a container network) reach each
+        other through it, not through the forwarder: frames between them are dropped.
+        """
+        index = self.add_port(guest_id, PortKind.GUEST, mac=mac_from_str(mac), up=up)
+        port = self.ports[index]
+        assert port is not None
+        port.segment = segment
+        self._rebuild()
+        return index
 
     def set_port_up(self, port_name: str, up: bool) -> None:
         port = self.port(port_name)
@@ -166,13 +178,15 @@ class ForwarderCore:
         self._is_guest = [self.counting and p is not None and p.kind is PortKind.GUEST
                           for p in self.ports]
         guests = [p.index for p in self.guests() if p.up]
+        self._segment = [p.segment if p is not None else "" for p in self.ports]
         star_up = [p.index for p in self.links() if p.star and p.up]
         flood: list[tuple[int, ...]] = []
         for port in self.ports:
             if port is None:
                 flood.append(())
                 continue
-            local = [g for g in guests if g != port.index]
+            local = [g for g in guests if g != port.index
+                     and not (port.segment and self._segment[g] == port.segment)]
             if port.kind is PortKind.GUEST or (self.is_proxy and port.star):
                 # From a guest: out on the star. On the proxy: on to the other spokes.
                 flood.append(tuple(local + [s for s in star_up if s != port.index]))
@@ -274,6 +288,10 @@ class ForwarderCore:
         if out >= 0:
             if out == ingress:
                 counters["hairpin"] += 1
+                return ()
+            segment = self._segment[out]
+            if segment and segment == self._segment[ingress]:
+                counters["same_segment"] += 1  # the segment delivered it already
                 return ()
             return (out,)
         counters["no_route" if out == NO_ROUTE else "rule_drop"] += 1

@@ -150,7 +150,8 @@ class Forwarder:
         interface appears in this namespace (a migration moving it here).
         """
         if spec.mac:
-            self.core.add_guest(spec.id, spec.mac, up=False)
+            self.core.add_guest(spec.id, spec.mac, up=False,
+                                segment=spec.target if spec.kind == "packet" else "")
             self.guest_specs[spec.id] = spec
         else:  # the LAN: many MACs behind one port
             self.core.add_port(spec.id, PortKind.GUEST)
@@ -177,7 +178,12 @@ class Forwarder:
         if spec.kind == "packet":
             if not interface_index(spec.target):
                 raise OSError(f"interface {spec.target!r} is not in this namespace")
-            packet = PacketAttachment(spec, on_frames, self._att_error)
+            sharing = [a for a in self.attachments.values() if isinstance(a, PacketAttachment)
+                       and a.spec.target == spec.target and a.spec.mac]
+            packet = PacketAttachment(spec, on_frames, self._att_error,
+                                      source_only=bool(sharing))
+            for other in sharing:
+                other.source_only()
             packet.on_gone = lambda: self._on_gone(spec.id)
             att = packet
         elif spec.kind == "tap":

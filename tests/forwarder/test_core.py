@@ -463,3 +463,27 @@ def test_announcements_parse_and_garbage_is_refused() -> None:
     for bad in (b"\xff\xfe", b"02:00:00:00:00", b"zz:00:00:00:00:01"):
         with pytest.raises(framing.BadStream):
             framing.parse_announce(bad)
+
+
+def test_guests_sharing_a_segment_reach_each_other_through_it_not_the_forwarder() -> None:
+    core = ForwarderCore("h1", is_proxy=False, star_link_id="star")
+    core.add_guest("g1", G1, segment="eth1")
+    core.add_guest("g2", G2, segment="eth1")
+    core.add_guest("g3", G3, segment="eth2")
+    core.add_link("star", star=True, up=True)
+    g1 = core.by_name["g1"]
+    assert core.route(g1, vframe(G2, G1)) == ()  # the bridge on eth1 delivered it
+    assert core.counters["same_segment"] == 1
+    assert names(core, core.route(g1, vframe(G3, G1))) == ["g3"]
+    assert names(core, core.route(g1, vframe(BCAST, G1))) == ["g3", "star"]
+
+
+def test_the_source_filter_is_classic_bpf_on_the_source_mac() -> None:
+    import struct
+
+    from services.forwarder.attach import source_filter
+
+    prog = [struct.unpack("HBBI", source_filter(G1)[i:i + 8]) for i in range(0, 48, 8)]
+    assert prog[0] == (0x20, 0, 0, 6) and prog[1][3] == 0x02000000
+    assert prog[2] == (0x28, 0, 0, 10) and prog[3][3] == 0x0001
+    assert prog[4][3] > 0 and prog[5][3] == 0
