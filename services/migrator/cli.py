@@ -24,7 +24,7 @@ from services.migrator.model import Backend
 from services.migrator.netns import NetnsBackend, NetnsHost, NetnsSettings
 from services.migrator.service import MigratorSettings, serve
 
-BACKENDS = ("netns", "qemu", "dry-run")
+BACKENDS = ("netns", "qemu", "docker", "dry-run")
 
 
 def make_backend(args: argparse.Namespace) -> Backend:
@@ -36,6 +36,12 @@ def make_backend(args: argparse.Namespace) -> Backend:
             raise ValueError("the netns backend needs --netns-host HOST=NETNS[@IP] per host")
         return NetnsBackend(NetnsSettings(hosts=hosts, memory_bytes=int(args.memory_mb * 2**20),
                                           copy_port=args.copy_port))
+    if args.backend == "docker":
+        dockerbe = importlib.import_module("services.migrator.dockerbe")
+        segments = dict(dockerbe.DockerSettings.parse_segment(s) for s in args.docker_segment)
+        docker_backend: Backend = dockerbe.DockerBackend(dockerbe.DockerSettings(
+            segments=segments, project=args.docker_project))
+        return docker_backend
     if args.backend == "qemu":
         # Imported on demand: its settings come from the same arguments.
         qemu = importlib.import_module("services.migrator.qemu")
@@ -119,6 +125,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--qemu-max-bandwidth", type=float, default=0.0, metavar="MIB_S",
                    help="qemu backend: cap the migration at this many MiB/s; 0 = none"
                         " (default %(default)s)")
+    p.add_argument("--docker-segment", action="append", default=[], metavar="HOST=NETWORK",
+                   help="docker backend: a host's segment network (default: the compose"
+                        " network seg-HOST of --docker-project) (repeat)")
+    p.add_argument("--docker-project", default="",
+                   help="docker backend: compose project of the guests, forwarders and"
+                        " segments (default: this container's own)")
     p.add_argument("--max-concurrent", type=int, default=d.max_concurrent,
                    help="moves at once; more queue (default %(default)s)")
     p.add_argument("--journal", default=d.journal_dir,

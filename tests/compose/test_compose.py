@@ -3,6 +3,7 @@ the bus, and a down that leaves nothing. One stack for the module; tests run in 
 
 from __future__ import annotations
 
+import json
 import select
 import time
 from typing import Any
@@ -96,6 +97,36 @@ def test_no_path_but_vnet(stack: Stack) -> None:
         stack.start("h3")
     stack.wait_healthy(["h3"], timeout_s=120)
     assert ping(stack, "g1", stack.guest_ip(3), count=5), "g3 not back after h3 restarted"
+
+
+def test_planned_migration_keeps_a_tcp_stream(stack: Stack) -> None:
+    """g1 streams to g3 (iperf3) while the migrator moves g1 from h1's segment to h2's:
+    the move ends done, the stream carries on without a reset, g1 answers at h2."""
+    stream = stack.popen("g1", ["iperf3", "-c", stack.guest_ip(3), "-B", stack.guest_ip(1),
+                                "-t", "20", "-b", "4M", "-i", "1", "-J"])
+    try:
+        time.sleep(5.0)  # the stream runs before the move
+        moved = stack.exec("migrator", ["vnet", "migrate", "g1", "h2", "--timeout", "60"],
+                           timeout=90)
+        print(moved.stdout, moved.stderr)
+        assert moved.returncode == 0, f"move failed:\n{moved.stdout}\n{moved.stderr}"
+        assert "done: g1 h1 -> h2" in moved.stdout, moved.stdout
+        out, err = stream.communicate(timeout=60)
+    finally:
+        if stream.poll() is None:
+            stream.kill()
+            stream.communicate(timeout=30)
+    result = json.loads(out)
+    assert stream.returncode == 0 and "error" not in result, f"stream broke: {err}\n{out[-2000:]}"
+    seconds = [iv["sum"]["bytes"] for iv in result["intervals"]]
+    assert len(seconds) >= 19 and all(b > 0 for b in seconds[-5:]), seconds
+    print(f"stream bytes per second around the move: {seconds}")
+    nets = stack.exec("g1", ["ip", "-o", "link"]).stdout  # one segment plug left
+    assert nets.count("link/ether") == 1, nets
+    routes = stack.exec("g1", ["ip", "-4", "route"]).stdout
+    assert "default" not in routes, routes
+    for src in ("g3", "g4"):
+        assert ping(stack, src, stack.guest_ip(1)), f"{src} cannot reach g1 at h2"
 
 
 def test_down_leaves_nothing(stack: Stack) -> None:
