@@ -22,7 +22,9 @@ service runs, with the bus decoding included.
    between a ring and a 2-D mesh (the knee sits at the damping time), and
    the reported rate against the detection threshold.
 4. cost: CPU time per update for 1,000 guests (a 10x10x10 torus on 50
-   hosts) at 10 Hz; goal under 10 % of one core.
+   hosts) at 10 Hz, as the service spends it (decode each message, ingest
+   all since the last update in one batch, run the pipeline); goal under
+   10 % of one core, on the mean over the measured updates.
 """
 
 from __future__ import annotations
@@ -59,8 +61,18 @@ RATES_HZ = (1.0, 5.0, 10.0, 20.0)
 WINDOWS_S = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
-def _changes(out: list[tuple[float, Outgoing]]) -> list[tuple[float, pb.TopologyChange]]:
-    return [(t, o.payload) for t, o in out if isinstance(o.payload, pb.TopologyChange)]
+def _changes(
+    out: list[tuple[float, Outgoing]], seen: set[int] | None = None
+) -> list[tuple[float, pb.TopologyChange]]:
+    """Each change once: the core repeats its latest change (same change_id) every
+    change_republish_s. Share seen over several runs of one core."""
+    seen = set() if seen is None else seen
+    found = []
+    for t, o in out:
+        if isinstance(o.payload, pb.TopologyChange) and o.payload.change_id not in seen:
+            seen.add(o.payload.change_id)
+            found.append((t, o.payload))
+    return found
 
 
 def _edges(sim: Simulation, graph_edges: object) -> set[tuple[str, str]]:
@@ -86,6 +98,15 @@ class _Timed:
         started = time.process_time()
         try:
             return self.core.handle(msg, now)
+        finally:
+            self.cpu_s += time.process_time() - started
+
+    def handle_batch(
+        self, batch: list[tuple[BusMessage, float]]
+    ) -> list[tuple[BusMessage, str]]:
+        started = time.process_time()
+        try:
+            return self.core.handle_batch(batch)
         finally:
             self.cpu_s += time.process_time() - started
 
@@ -145,10 +166,11 @@ def reaction_once(rate_hz: float, window_s: float, forward: bool, seed: int) -> 
     core = InferenceCore(params)
     # Warm up well past damping, then switch at a phase unrelated to the ticks.
     switch = max(8.0, 4 * window_s + 4 * period) + period * (0.13 + 0.29 * seed % 1)
-    before = _changes(simulate.run(core, sim, 0.0, switch))
+    seen: set[int] = set()
+    before = _changes(simulate.run(core, sim, 0.0, switch), seen)
     assert before and before[-1][1].shape == first, (first, [c.shape for _, c in before])
     sim.set_topology(shapes.generate(second, n))
-    after = _changes(simulate.run(core, sim, switch, switch + 4 * window_s + 10 * period))
+    after = _changes(simulate.run(core, sim, switch, switch + 4 * window_s + 10 * period), seen)
     hits = [t for t, c in after if c.shape == second]
     return hits[0] - switch if hits and len(after) == 1 else float("inf")
 
@@ -224,14 +246,14 @@ async def _live_reaction(rate_hz: float, window_s: float, repeats: int) -> list[
             stop = asyncio.Event()
             player = asyncio.create_task(play(stop))
             try:
-                await _wait_shape(listener, "ring", 20.0)
+                _, last_id = await _wait_shape(listener, "ring", 20.0, 0)
                 for r in range(2 * repeats):
                     shape = "all-to-all" if r % 2 == 0 else "ring"
                     await asyncio.sleep(4 * window_s + 0.37 * interval)
                     listener.drain()
                     sim.set_topology(shapes.generate(shape, n))
                     switch_at[0] = -1.0
-                    arrived = await _wait_shape(listener, shape, 20.0)
+                    arrived, last_id = await _wait_shape(listener, shape, 20.0, last_id)
                     rows.append({"switch": ("ring->all-to-all" if shape == "all-to-all"
                                             else "all-to-all->ring"),
                                  "reaction_s": arrived - switch_at[0]})
@@ -244,12 +266,17 @@ async def _live_reaction(rate_hz: float, window_s: float, repeats: int) -> list[
     return rows
 
 
-async def _wait_shape(listener: BusClient, shape: str, timeout: float) -> float:
+async def _wait_shape(
+    listener: BusClient, shape: str, timeout: float, after_id: int
+) -> tuple[float, int]:
+    """When a new change (change_id above after_id: not a repeat) to shape came, and its id."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for msg in await listener.recv_batch(0.1):
-            if isinstance(msg.payload, pb.TopologyChange) and msg.payload.shape == shape:
-                return time.monotonic()
+            change = msg.payload
+            if isinstance(change, pb.TopologyChange) and change.change_id > after_id and (
+                    change.shape == shape):
+                return time.monotonic(), change.change_id
     raise TimeoutError(f"no topology.change to {shape} within {timeout}s")
 
 
@@ -265,13 +292,14 @@ def flips(hold_s: float, threshold: float, duration_s: float = 120.0) -> tuple[f
     ring, mesh = shapes.generate("ring", n), shapes.generate("2-D mesh", n)
     sim.set_topology(ring)
     core = InferenceCore(params)
-    simulate.run(core, sim, 0.0, 10.0)
+    seen: set[int] = set()
+    _changes(simulate.run(core, sim, 0.0, 10.0), seen)
     t, k, reported, real = 10.0, 0, 0, 0
     while t < 10.0 + duration_s:
         sim.set_topology(mesh if k % 2 == 0 else ring)
         real += 1
         end = min(t + hold_s, 10.0 + duration_s)
-        reported += len(_changes(simulate.run(core, sim, t, end)))
+        reported += len(_changes(simulate.run(core, sim, t, end), seen))
         t, k = end, k + 1
     return 60.0 * real / duration_s, 60.0 * reported / duration_s
 
@@ -299,44 +327,65 @@ def damping(progress: Callable[[str], None]) -> dict[str, object]:
 
 
 def cost(progress: Callable[[str], None], n: int = 1000, hosts: int = 50,
-         rounds: int = 20) -> dict[str, float]:
+         rounds: int = 50) -> dict[str, float]:
+    """CPU per update as the service spends it: decode each message, then take
+    everything that came since the last update in one batch, then the pipeline.
+
+    The same wire also goes through a second core one message at a time (how
+    the service took counts before batching), for comparison.
+    """
     g = shapes.generate("3-D torus", n)
     sim = Simulation(n, n_hosts=hosts, interval_s=0.1, chatter_pairs=n, seed=3)
     sim.set_topology(g)
-    core = InferenceCore(InferenceParams(update_rate_hz=10.0, smoothing_window_s=1.0))
+    params = InferenceParams(update_rate_hz=10.0, smoothing_window_s=1.0)
+    core, single = InferenceCore(params), InferenceCore(params)
     for h in sim.hosts:
-        core.handle(sim.message(h, sim.state(h)), 0.0)
+        for c in (core, single):
+            c.handle(sim.message(h, sim.state(h)), 0.0)
     wire = [
         [envelope.encode(f"frames.{h}", f"forwarder@{h}", sim.hosts[h].instance, r + 1, 0.0,
                          sim.interval(h)) for h in sim.hosts]
         for r in range(rounds)
     ]
     progress(f"cost: {rounds} rounds of {hosts} forwarders generated")
-    decode, ingest, tick = [], [], []
+    decode, ingest, tick, unbatched = [], [], [], []
     for r, frames in enumerate(wire):
         now = 0.1 * r
         c0 = time.process_time()
         msgs = [envelope.decode(f) for f in frames]
         c1 = time.process_time()
-        for msg in msgs:
-            core.handle(msg, now)
+        core.handle_batch([(msg, now) for msg in msgs])
         c2 = time.process_time()
         core.tick(now)
         c3 = time.process_time()
+        for msg in msgs:
+            single.handle(msg, now)
+        c4 = time.process_time()
+        single.tick(now)
         decode.append(c1 - c0)
         ingest.append(c2 - c1)
         tick.append(c3 - c2)
+        unbatched.append(c4 - c3)
     skip = 12  # after the window (10 intervals) is full
-    d, i, t = (1e3 * statistics.median(x[skip:]) for x in (decode, ingest, tick))
+    d, i, t, u = (1e3 * statistics.median(x[skip:]) for x in (decode, ingest, tick, unbatched))
+    totals = [a + b + c for a, b, c in zip(decode[skip:], ingest[skip:], tick[skip:],
+                                           strict=True)]
+    mean = 1e3 * statistics.mean(totals)
     pairs = sum(len(f[1]) for f in wire[0])
     return {
         "guests": n, "forwarders": hosts, "update_rate_hz": 10.0,
+        "updates_measured": float(len(totals)),
         "pair_records_per_update": float(core.counters["pairs"] + core.counters["pairs_not_local"]
                                          + core.counters["pairs_group"]
                                          + core.counters["pairs_unknown_mac"]) / rounds,
         "wire_bytes_per_update": float(pairs),
-        "decode_ms": d, "ingest_ms": i, "pipeline_ms": t, "total_ms": d + i + t,
-        "core_share_at_10hz": (d + i + t) * 10.0 / 1e3,
+        "decode_ms": d, "ingest_ms": i, "pipeline_ms": t,
+        "ingest_one_message_at_a_time_ms": u,
+        "total_ms_median": d + i + t, "total_ms_mean": mean,
+        "total_ms_p90": 1e3 * sorted(totals)[int(0.9 * (len(totals) - 1))],
+        # The goal's figure: mean CPU per update (every update's work, the
+        # periodic matrix check included) times 10 updates a second.
+        "core_share_at_10hz": mean * 10.0 / 1e3,
         "pipeline_share_at_10hz": t * 10.0 / 1e3,
     }
 
@@ -458,7 +507,7 @@ def main(progress: Callable[[str], None]) -> BenchOutput:
                    "1/min"),
         Goal("reported rate spread over thresholds 0.02-0.5 (changes every 20 s)", "= 0",
              spread, "1/min", spread == 0),
-        Goal.below("CPU per update, 1000 guests at 10 Hz (decode + ingest + pipeline)",
+        Goal.below("CPU per update, 1000 guests at 10 Hz (decode + ingest + pipeline, mean)",
                    0.10, float(costs["core_share_at_10hz"]), "share of one core"),
     ]
     return BenchOutput(

@@ -26,19 +26,21 @@ of the window as usual, so the node neither doubles nor vanishes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
+import numpy.typing as npt
 from google.protobuf.message import Message
 
 from services.bus import topics
 from services.bus.counters import Counters
 from services.bus.envelope import DEFAULT_MAX_MESSAGE_BYTES, BusMessage
 from services.bus.pb import vnet_pb2 as pb
-from services.inference import shapes
+from services.inference import records, shapes
 from services.inference.detect import (
+    SHIFT,
     ChangeDetector,
     Edges,
     KeyArray,
@@ -53,8 +55,9 @@ from services.inference.window import (
     MIN_INTERVAL_S,
     Accumulator,
     FloatArray,
-    IndexArray,
+    Interval,
     PairBatch,
+    Run,
     valid_interval,
 )
 
@@ -78,20 +81,42 @@ class InferenceCore:
         self.acc = Accumulator(self.counters)
         self.detector = ChangeDetector(self.params)
         self._last_matrix_t = -math.inf
+        self._change_sent_t = -math.inf
         self._first_counts_t: float | None = None
 
     # ------------------------------------------------------------ input
 
     def handle(self, msg: BusMessage, now: float) -> list[str]:
         """Take one bus message; returns what was wrong with it (each counted)."""
-        if msg.kind == "forwarder_state":
-            assert isinstance(msg.payload, pb.ForwarderState)
-            return self.on_state(msg.payload)
-        if msg.kind == "frame_counts":
-            assert isinstance(msg.payload, pb.FrameCounts)
-            return self.on_counts(msg.payload, msg.instance, now)
-        self.counters.inc("ignored_" + msg.kind)
-        return []
+        return [error for _, error in self.handle_batch([(msg, now)])]
+
+    def handle_batch(
+        self, batch: Sequence[tuple[BusMessage, float]]
+    ) -> list[tuple[BusMessage, str]]:
+        """Take messages in arrival order, each with its arrival time.
+
+        The same as :meth:`handle` on each in turn, but frame counts between
+        two other messages are taken as one run (see window.py and
+        records.py): the service hands in everything that came since the
+        last update. Returns each problem with the message it was in.
+        """
+        errors: list[tuple[BusMessage, str]] = []
+        run: list[tuple[BusMessage, float]] = []
+        for msg, now in batch:
+            if msg.kind == "frame_counts":
+                run.append((msg, now))
+                continue
+            if run:
+                errors += self._on_counts(run)
+                run = []
+            if msg.kind == "forwarder_state":
+                assert isinstance(msg.payload, pb.ForwarderState)
+                errors += [(msg, e) for e in self.on_state(msg.payload)]
+            else:
+                self.counters.inc("ignored_" + msg.kind)
+        if run:
+            errors += self._on_counts(run)
+        return errors
 
     def on_state(self, state: pb.ForwarderState) -> list[str]:
         if not state.host:
@@ -102,134 +127,131 @@ class InferenceCore:
         self.acc.ensure(len(self.guests))
         return errors
 
-    def on_counts(self, fc: pb.FrameCounts, instance: int, now: float) -> list[str]:
-        if not fc.host or not valid_interval(fc.interval_s):
+    def _on_counts(self, run: list[tuple[BusMessage, float]]) -> list[tuple[BusMessage, str]]:
+        """A run of frame counts: check, classify, then place each interval in order."""
+        errors: list[list[str]] = [[] for _ in run]
+        taken: list[int] = []  # positions in run of the counts with a host and an interval
+        for k, (msg, _) in enumerate(run):
+            fc = msg.payload
+            assert isinstance(fc, pb.FrameCounts)
+            if fc.host and valid_interval(fc.interval_s):
+                taken.append(k)
+                continue
             self.counters.inc("counts_malformed")
-            return [
+            errors[k].append(
                 f"frame counts from host {fc.host!r} with interval_s={fc.interval_s!r}:"
                 f" need a host and {MIN_INTERVAL_S} <= interval_s <= {MAX_INTERVAL_S}, dropped"
-            ]
-        errors: list[str] = []
-        batch = self._pairs(fc, errors)
-        error = self.acc.add(
-            fc.host, instance, fc.interval_index, fc.interval_s,
-            self.params.smoothing_window_s, batch, now,
-        )
-        if error is not None:
-            errors.append(error)
-        else:
-            self.counters.inc("intervals")
+            )
+        counts = [_counts_of(run[k][0]) for k in taken]
+        recs, dropped = records.gather(counts, self.guests.codes)
+        for d in dropped:
+            self.counters.inc("pairs_malformed", d.records)
+            errors[taken[d.item]].append(f"host {counts[d.item].host!r}: {d.why}, dropped")
+        local = self._local(recs, counts, [errors[k] for k in taken])
+        kept = np.flatnonzero(local)
+        ends = np.cumsum(np.bincount(recs.item[kept], minlength=len(counts))).tolist()
+        pairs = PairBatch(recs.src[kept], recs.dst[kept],
+                          recs.bytes[kept].astype(np.float64),
+                          recs.total_bytes[kept].astype(np.float64))
+        intervals = []
+        for j, fc in enumerate(counts):
+            msg, now = run[taken[j]]
+            intervals.append(Interval(fc.host, msg.instance, fc.interval_index, fc.interval_s,
+                                      now, ends[j - 1] if j else 0, ends[j]))
+        results = self.acc.add_intervals(Run(intervals, pairs), self.params.smoothing_window_s)
+        placed = [j for j, error in enumerate(results) if error is None]
+        for j, error in enumerate(results):
+            if error is not None:
+                errors[taken[j]].append(error)
+        if placed:
+            self.counters.inc("intervals", len(placed))
             if self._first_counts_t is None:
-                self._first_counts_t = now
-        return errors
+                self._first_counts_t = intervals[placed[0]].received
+        return [(run[k][0], e) for k in range(len(run)) for e in errors[k]]
 
-    def _records(
-        self, fc: pb.FrameCounts, errors: list[str]
-    ) -> tuple[IndexArray, IndexArray, FloatArray, FloatArray, Callable[[int], tuple[str, str]]
-               ] | None:
-        """Guest codes, bytes and totals of every record, from either form.
+    def _local(
+        self, recs: records.Records, counts: list[pb.FrameCounts], errors: list[list[str]]
+    ) -> npt.NDArray[np.bool_]:
+        """Which records are application traffic counted at the source's host.
 
-        Columns decode as numpy arrays: a MAC is classified once per message,
-        not once per record. Returns None when there are no records.
+        Counts each kind of record dropped; names the first malformed ones
+        of each message in its errors.
         """
-        parts: list[tuple[IndexArray, IndexArray, FloatArray, FloatArray,
-                          Callable[[int], tuple[str, str]]]] = []
-        if fc.pairs:
-            rows = [(p.src_mac, p.dst_mac, p.bytes, p.total_bytes) for p in fc.pairs]
-            smacs, dmacs, nbytes, totals = (list(c) for c in zip(*rows, strict=True))
-            parts.append((
-                np.asarray(self.guests.codes(tuple(smacs)), dtype=np.intp),
-                np.asarray(self.guests.codes(tuple(dmacs)), dtype=np.intp),
-                np.asarray(nbytes, dtype=np.float64), np.asarray(totals, dtype=np.float64),
-                lambda k: (smacs[k], dmacs[k]),
-            ))
-        cols = fc.columns
-        if cols.src:
-            macs = list(cols.macs)
-            n = len(cols.src)
-            lengths = {len(cols.dst), len(cols.bytes), len(cols.total_bytes)}
-            sidx = np.array(cols.src, dtype=np.intp)
-            didx = np.array(cols.dst, dtype=np.intp)
-            if lengths != {n} or max(int(sidx.max()), int(didx.max())) >= len(macs):
-                self.counters.inc("pairs_malformed", n)
-                errors.append(
-                    f"host {fc.host!r}: pair columns disagree ({n} sources, lengths"
-                    f" {sorted(lengths)}, {len(macs)} MACs), dropped"
-                )
-            else:
-                table = np.asarray(self.guests.codes(tuple(macs)), dtype=np.intp)
-                parts.append((
-                    table[sidx], table[didx],
-                    np.array(cols.bytes, dtype=np.float64),
-                    np.array(cols.total_bytes, dtype=np.float64),
-                    lambda k: (macs[int(sidx[k])], macs[int(didx[k])]),
-                ))
-        if not parts:
-            return None
-        if len(parts) == 1:
-            return parts[0]
-        return (
-            np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-            np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]),
-            _joined(parts[0][4], len(parts[0][0]), parts[1][4]),
-        )
-
-    def _pairs(self, fc: pb.FrameCounts, errors: list[str]) -> PairBatch:
-        """The pairs that are application traffic counted at the source's host.
-
-        Vectorised: one pass over the protobuf pairs, then numpy masks.
-        """
-        records = self._records(fc, errors)
-        if records is None:
-            return PairBatch.build([], [], [], [])
-        src, dst, b, t, names = records
+        src, dst, b, t = recs.src, recs.dst, recs.bytes, recs.total_bytes
         worst = np.minimum(src, dst)
-        malformed = (worst == MALFORMED) | ((worst >= 0) & ((b > t) | (src == dst)))
-        group = (worst == GROUP) | ((worst == UNKNOWN) & ((src == GROUP) | (dst == GROUP)))
-        unknown = (worst == UNKNOWN) & ~group
-        good = (worst >= 0) & ~malformed
-        local = good.copy()
-        local[good] = self.guests.local_mask(fc.host)[src[good]]
-        counts = {
-            "pairs_malformed": int(malformed.sum()),
-            "pairs_group": int(group.sum()),
-            "pairs_unknown_mac": int(unknown.sum()),
-            "pairs_not_local": int((good & ~local).sum()),
-            "pairs": int(local.sum()),
+        local: npt.NDArray[np.bool_] = (worst >= 0) & (b <= t) & (src != dst)
+        good = np.flatnonzero(local)  # two guests, plausible bytes: local or not?
+        if len(good):
+            row = {h: r for r, h in enumerate(sorted({fc.host for fc in counts}))}
+            masks = np.stack([self.guests.local_mask(h) for h in row])
+            host_of = np.array([row[fc.host] for fc in counts], dtype=np.intp)
+            local[good] = masks[host_of[recs.item[good]], src[good]]
+        rest = np.flatnonzero((worst < 0) | (b > t) | (src == dst))
+        w, s, d = worst[rest], src[rest], dst[rest]
+        malformed = (w == MALFORMED) | (w >= 0)  # a guest pair can only fail on bytes
+        group = (w == GROUP) | ((w == UNKNOWN) & ((s == GROUP) | (d == GROUP)))
+        unknown = (w == UNKNOWN) & ~group
+        n_local = int(np.count_nonzero(local))
+        found = {
+            "pairs_malformed": int(np.count_nonzero(malformed)),
+            "pairs_group": int(np.count_nonzero(group)),
+            "pairs_unknown_mac": int(np.count_nonzero(unknown)),
+            "pairs_not_local": len(good) - n_local,
+            "pairs": n_local,
         }
-        for name, value in counts.items():
+        for name, value in found.items():
             if value:
                 self.counters.inc(name, value)
-        for k in np.flatnonzero(malformed)[:3].tolist():
-            errors.append(
-                f"host {fc.host!r} pair {names(k)[0]!r}->{names(k)[1]!r}: bytes={b[k]:.0f}"
-                f" total_bytes={t[k]:.0f} (a pair needs two guest MACs and bytes <= total),"
-                " dropped"
-            )
-        if counts["pairs_malformed"] > 3:
-            errors.append(f"... and {counts['pairs_malformed'] - 3} more malformed pairs")
-        return PairBatch(src[local], dst[local], b[local], t[local])
+        if found["pairs_malformed"]:
+            bad = rest[malformed]
+            for j in np.unique(recs.item[bad]).tolist():
+                mine = bad[recs.item[bad] == j]
+                for k in mine[:3].tolist():
+                    src_mac, dst_mac = recs.names(k)
+                    errors[j].append(
+                        f"host {counts[j].host!r} pair {src_mac!r}->{dst_mac!r}:"
+                        f" bytes={b[k]:.0f} total_bytes={t[k]:.0f} (a pair needs two guest"
+                        " MACs and bytes <= total), dropped"
+                    )
+                if len(mine) > 3:
+                    errors[j].append(f"... and {len(mine) - 3} more malformed pairs")
+        return local
 
     # ------------------------------------------------------------ pipeline
 
     def tick(self, now: float) -> list[Outgoing]:
-        """Run filter → prune → detect → damp at now; returns what to publish."""
+        """Run filter → prune → detect → damp at now; returns what to publish.
+
+        The latest topology.change is published again (same change_id) every
+        ``change_republish_s``: PUB/SUB is lossy and a planner may start
+        late, and a reader keys on change_id to tell repeats from changes.
+        """
         self.acc.expire(now, self.params.smoothing_window_s)
         n = len(self.guests)
         fraction = self.params.prune_fraction
-        all_keys, intensity = undirected(*self.acc.pairs(n))
+        all_keys, intensity = self.acc.undirected(n)
         edges = prune(all_keys, intensity, fraction)
-        recent = prune(*undirected(*self.acc.pairs(n, recent=True)), fraction)
+
+        def recent() -> KeyArray:
+            return prune(*undirected(*self.acc.recent_pairs(n)), fraction).keys
+
         out: list[Outgoing] = []
-        report = self.detector.step(now, edges.keys, recent.keys) if self._warm(now) else None
+        report = self.detector.step(now, edges.keys, recent) if self._warm(now) else None
         self.counters.inc("updates")
         if report is not None:
             self.change_id += 1
             self.latest = self._change(report.keys, report.distance, all_keys, intensity)
             out.append(Outgoing(topics.TOPOLOGY_CHANGE, self.latest))
+            self._change_sent_t = now
+        elif self.latest is not None and self.params.change_republish_s > 0 and (
+                now - self._change_sent_t >= self.params.change_republish_s):
+            # Level-triggered: the same change again, for whoever missed it.
+            out.append(Outgoing(topics.TOPOLOGY_CHANGE, self.latest))
+            self._change_sent_t = now
+            self.counters.inc("changes_republished")
         if now - self._last_matrix_t >= self.params.matrix_period_s:
             self._last_matrix_t = now
-            matrix = self._matrix(self.acc.matrix(n))
+            matrix = self._matrix(all_keys)
             if matrix is not None:
                 out.append(Outgoing(topics.TRAFFIC_MATRIX, matrix))
         return out
@@ -259,13 +281,17 @@ class InferenceCore:
             self.change_id, self.guests.ids, edges, self.params, moved
         )
 
-    def _matrix(self, rates: FloatArray) -> pb.TrafficMatrix | None:
-        active = np.flatnonzero(rates.any(axis=0) | rates.any(axis=1))
-        order = sorted(active.tolist(), key=lambda i: natural_key(self.guests.ids[i]))
-        if 8 * len(order) ** 2 + 64 * len(order) > self.max_message_bytes - 4096:
+    def _matrix(self, keys: KeyArray) -> pb.TrafficMatrix | None:
+        """The directed matrix over the guests with traffic (keys: this update's pairs)."""
+        seen = np.zeros(len(self.guests), dtype=bool)
+        seen[keys >> SHIFT] = True
+        seen[keys & ((1 << SHIFT) - 1)] = True
+        active = np.flatnonzero(seen)
+        if 8 * len(active) ** 2 + 64 * len(active) > self.max_message_bytes - 4096:
             self.counters.inc("matrix_too_large")
             return None
-        sub = rates[np.ix_(order, order)]
+        order = sorted(active.tolist(), key=lambda i: natural_key(self.guests.ids[i]))
+        sub = self.acc.among(order)
         return pb.TrafficMatrix(
             nodes=[self.guests.ids[i] for i in order],
             values=sub.ravel().tolist(),
@@ -311,8 +337,7 @@ def topology_from_matrix(matrix: pb.TrafficMatrix) -> pb.TopologyChange:
     return change_message(0, list(matrix.nodes), edges, params, 0.0)
 
 
-def _joined(
-    first: Callable[[int], tuple[str, str]], n_first: int, second: Callable[[int], tuple[str, str]]
-) -> Callable[[int], tuple[str, str]]:
-    """Name records of two concatenated parts by their index in the whole."""
-    return lambda k: first(k) if k < n_first else second(k - n_first)
+
+def _counts_of(msg: BusMessage) -> pb.FrameCounts:
+    assert isinstance(msg.payload, pb.FrameCounts)
+    return msg.payload

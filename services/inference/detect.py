@@ -24,11 +24,13 @@ int64 arrays, so set operations are numpy calls and results are ordered.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
+from services.inference.grouping import groups
 from services.inference.params import InferenceParams
 
 KeyArray = npt.NDArray[np.int64]
@@ -58,10 +60,14 @@ def undirected(
     src: npt.NDArray[np.intp], dst: npt.NDArray[np.intp], rate: FloatArray
 ) -> tuple[KeyArray, FloatArray]:
     """Directed pairs (sparse) → every guest pair's bytes/s both ways, sorted keys."""
-    lo = np.minimum(src, dst).astype(np.int64)
-    hi = np.maximum(src, dst).astype(np.int64)
-    keys, inverse = np.unique((lo << SHIFT) | hi, return_inverse=True)
-    sums: FloatArray = np.bincount(inverse, weights=rate, minlength=len(keys)).astype(np.float64)
+    if not len(src):
+        return EMPTY, np.zeros(0)
+    lo = np.minimum(src, dst)
+    hi = np.maximum(src, dst)
+    m = int(hi.max()) + 1
+    order, starts, pairs = groups(lo * m + hi, m * m)
+    sums: FloatArray = np.add.reduceat(rate[order].astype(np.float64), starts)
+    keys: KeyArray = ((pairs // m).astype(np.int64) << SHIFT) | (pairs % m)
     return keys, sums
 
 
@@ -80,10 +86,29 @@ def prune_dense(rates: FloatArray, prune_fraction: float) -> Edges:
     return prune(keys, intensity, prune_fraction)
 
 
+def common(a: KeyArray, b: KeyArray) -> int:
+    """How many keys two sorted, duplicate-free key arrays share."""
+    if not len(a) or not len(b):
+        return 0
+    pos = np.minimum(np.searchsorted(b, a), len(b) - 1)
+    return int(np.count_nonzero(b[pos] == a))
+
+
 def distance(a: KeyArray, b: KeyArray) -> float:
     """Share of edges in one topology but not the other (Jaccard distance)."""
-    union = len(np.union1d(a, b))
-    return 0.0 if union == 0 else len(np.setxor1d(a, b, assume_unique=True)) / union
+    shared = common(a, b)
+    union = len(a) + len(b) - shared
+    return 0.0 if union == 0 else (union - shared) / union
+
+
+def union(a: KeyArray, b: KeyArray) -> KeyArray:
+    """Both sorted, duplicate-free key arrays in one (sorted, duplicate-free)."""
+    both = np.concatenate([a, b])
+    both.sort()
+    keep = np.empty(len(both), dtype=bool)
+    keep[:1] = True
+    np.not_equal(both[1:], both[:-1], out=keep[1:])
+    return both[keep]
 
 
 @dataclass(frozen=True)
@@ -117,36 +142,40 @@ class ChangeDetector:
     _anchor: KeyArray = field(default_factory=lambda: EMPTY)
     _anchor_t: float = float("-inf")
 
-    def step(self, now: float, candidate: KeyArray, recent: KeyArray) -> Report | None:
-        """One update: the window's candidate edges and those of the newest interval."""
+    def step(
+        self, now: float, candidate: KeyArray, recent: Callable[[], KeyArray]
+    ) -> Report | None:
+        """One update: the window's candidate edges; recent() gives those of the newest
+        interval, asked only when a report hangs on it (not while nothing moves)."""
         threshold = self.params.detection_threshold
         if self._previous is None or not np.array_equal(candidate, self._previous):
             self._since = now
         self._previous = candidate
         steady = self._since < now  # held still since the previous update
-        # Settled: the newest interval agrees (the window no longer blends
-        # the traffic before and after a change), or the candidate has held
-        # for a whole window (so bursts or an edge on the pruning line cannot
-        # block a report forever).
-        settled = steady and (
-            np.array_equal(candidate, recent)
-            or now - self._since >= self.params.smoothing_window_s
-        )
+
+        def settled() -> bool:
+            # The candidate has held for a whole window (so bursts or an edge
+            # on the pruning line cannot block a report forever), or the
+            # newest interval agrees (the window no longer blends the traffic
+            # before and after a change).
+            return steady and (now - self._since >= self.params.smoothing_window_s
+                               or np.array_equal(candidate, recent()))
+
         if distance(candidate, self._anchor) > threshold:
             self._anchor, self._anchor_t = candidate, now
         if self.damped:
             if now - self._anchor_t >= self.params.damping_s:
                 self.damped = False
-                return self._report_if_moved(now, candidate) if settled else None
-            grown = np.union1d(self.reported, candidate)
+                return self._report_if_moved(now, candidate) if settled() else None
+            grown = union(self.reported, candidate)
             return self._report_if_moved(now, grown) if steady else None
         if not steady or distance(candidate, self.reported) <= threshold:
             return None
         if now - self.last_report_t < self.params.damping_s:
             # Moving again so soon after a report: flapping. Hold the union.
             self.damped = True
-            return self._report_if_moved(now, np.union1d(self.reported, candidate))
-        return self._report(now, candidate) if settled else None
+            return self._report_if_moved(now, union(self.reported, candidate))
+        return self._report(now, candidate) if settled() else None
 
     def _report_if_moved(self, now: float, keys: KeyArray) -> Report | None:
         if distance(keys, self.reported) <= self.params.detection_threshold:

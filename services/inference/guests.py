@@ -9,6 +9,7 @@ the traffic matrix's rows and columns.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +47,23 @@ def natural_key(name: str) -> tuple[tuple[int, int | str], ...]:
     )
 
 
+IndexArray = npt.NDArray[np.intp]
+
+
+class _Codes(dict[str, int]):
+    """MAC spelling -> code, classifying a spelling on first sight (bounded)."""
+
+    def __init__(self, classify: Callable[[str], int]) -> None:
+        super().__init__()
+        self.classify = classify
+
+    def __missing__(self, mac: str) -> int:
+        if len(self) >= _CODES_KEPT:
+            self.clear()  # junk spellings must not grow it without bound
+        code = self[mac] = self.classify(mac)
+        return code
+
+
 @dataclass
 class GuestTable:
     """Guest ids ↔ matrix indices, MAC → index, and each host's guests."""
@@ -57,8 +75,11 @@ class GuestTable:
     host_guests: dict[str, frozenset[int]] = field(default_factory=dict)
     # Every MAC spelling seen in counts -> guest index or a negative code, so
     # the per-pair work is one dict lookup; rebuilt when guests change.
-    _codes: dict[str, int] = field(default_factory=dict)
+    _codes: _Codes = field(init=False)
     _masks: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._codes = _Codes(self._classify)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -110,20 +131,13 @@ class GuestTable:
             self._masks[host] = mask
         return mask
 
-    def codes(self, macs: tuple[str, ...]) -> list[int]:
-        """Guest index, or GROUP / UNKNOWN / MALFORMED, for each MAC spelling."""
-        cache = self._codes
-        if not cache:
-            cache.update(self.mac_index)
-        found = list(map(cache.get, macs))
-        if None in found:
-            if len(cache) > _CODES_KEPT:
-                cache.clear()
-                cache.update(self.mac_index)
-            for k, code in enumerate(found):
-                if code is None:
-                    found[k] = cache[macs[k]] = self._classify(macs[k])
-        return found  # type: ignore[return-value]
+    def codes(self, macs: Sequence[str]) -> IndexArray:
+        """Guest index, or GROUP / UNKNOWN / MALFORMED, for each MAC spelling.
+
+        One C-level pass (map over the cache, straight into numpy); only a
+        spelling not seen before costs Python work, in :meth:`_Codes.__missing__`.
+        """
+        return np.fromiter(map(self._codes.__getitem__, macs), dtype=np.intp, count=len(macs))
 
     def _classify(self, text: str) -> int:
         mac = normalise_mac(text)

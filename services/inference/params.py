@@ -13,6 +13,9 @@ from typing import Any
 
 from services.bus.pb import vnet_pb2 as pb
 
+# How often the service publishes, not how it infers: not in published params.
+_NOT_ON_THE_WIRE = frozenset({"matrix_period_s", "change_republish_s"})
+
 
 def _knob(default: float, doc: str) -> Any:
     return field(default=default, metadata={"doc": doc})
@@ -52,6 +55,12 @@ class InferenceParams:
     matrix_period_s: float = _knob(
         1.0, "seconds between traffic.matrix publications (at most one per update)"
     )
+    change_republish_s: float = _knob(
+        5.0,
+        "seconds between repeats of the latest topology.change (same change_id), so a"
+        " planner that started late or lost it on the bus still gets it; shorter heals"
+        " sooner for a little bus traffic; 0 sends each change once",
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -88,7 +97,7 @@ class InferenceParams:
         values = {
             f.name: getattr(msg, f.name)
             for f in fields(cls)
-            if f.name != "matrix_period_s" and getattr(msg, f.name) > 0
+            if f.name not in _NOT_ON_THE_WIRE and getattr(msg, f.name) > 0
         }
         if msg.detection_threshold == 0:
             values["detection_threshold"] = 0.0

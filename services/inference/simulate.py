@@ -198,11 +198,15 @@ def run(
     start_s: float,
     end_s: float,
     lose: Callable[[str, int], bool] | None = None,
+    batch: bool = True,
 ) -> list[tuple[float, Outgoing]]:
     """Feed the core every host's state, then intervals and ticks in time order.
 
-    ``lose(host, interval_index)`` says which intervals the bus loses.
-    Returns what the core published, with the (simulated) time.
+    ``lose(host, interval_index)`` says which intervals the bus loses. With
+    batch (as the service does) the intervals that came since the last tick
+    go in at the tick, in one batch with their arrival times; without, each
+    goes in when it comes. Returns what the core published, with the
+    (simulated) time.
     """
     for host in sim.hosts:
         core.handle(sim.message(host, sim.state(host)), start_s)
@@ -215,11 +219,20 @@ def run(
         k += 1
     timeline.sort()
     out: list[tuple[float, Outgoing]] = []
+    pending: list[tuple[BusMessage, float]] = []
     for t, what, host in timeline:
         if what == 0:
             counts = sim.interval(host)
             if lose is None or not lose(host, counts.interval_index):
-                core.handle(sim.message(host, counts), t)
+                if batch:
+                    pending.append((sim.message(host, counts), t))
+                else:
+                    core.handle(sim.message(host, counts), t)
         else:
+            if pending:
+                core.handle_batch(pending)
+                pending = []
             out.extend((t, o) for o in core.tick(t))
+    if pending:
+        core.handle_batch(pending)
     return out

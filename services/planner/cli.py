@@ -51,7 +51,7 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
     )
     return ServiceSettings(
         algorithm=args.algorithm, republish_s=args.republish_s,
-        min_interval_s=args.min_interval_s,
+        min_interval_s=args.min_interval_s, settle_s=args.settle_s,
         plan=PlanSettings(constraint=constraint, stability=stability), inputs=inputs,
     )
 
@@ -122,6 +122,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="send the plan and desired states again this often (default %(default)s)")
     p.add_argument("--min-interval-s", type=float, default=d_service.min_interval_s,
                    help="at most one plan per this many seconds (default %(default)s)")
+    p.add_argument("--settle-s", type=float, default=d_service.settle_s,
+                   help="after start, listen this long before the first plan, so every"
+                        " forwarder's state is in (default %(default)s)")
     p.add_argument("--horizon-s", type=float, default=d_stab.horizon_s,
                    help="a move's gain counts over this long (default %(default)s)")
     p.add_argument("--margin", type=float, default=d_stab.margin,

@@ -1,13 +1,19 @@
 """The planner service: a pure core driven by bus messages and a clock, and
 its asyncio shell.
 
-The core keeps the world view, plans when a topology change arrives (at most
-once per ``min_interval_s``; a change during the wait is planned when it
-ends) and returns what to publish: the plan on ``plan`` and every host's
-desired state on ``desired.<host>``. Control is level-triggered, so the last
-plan and desired states are published again every ``republish_s``. A bad
-message or an unusable world view is logged and counted and leaves the last
-good plan in force; nothing from the bus stops the loop.
+The core keeps the world view, plans each topology change it has not
+planned yet (at most once per ``min_interval_s``; a change during the wait
+is planned when it ends) and returns what to publish: the plan on ``plan``
+and every host's desired state on ``desired.<host>``. Control is
+level-triggered both ways: the inference repeats its latest change every few
+seconds (same change_id), so a planner that starts (or restarts) while the
+traffic is steady, or lost the change on the bus, still plans it, and the
+repeats of a change already planned are ignored; the last plan and desired
+states are published again every ``republish_s``. Right after start the
+planner listens for ``settle_s`` before its first plan, so every forwarder's
+state is in its view. A bad message or an unusable world view is logged and
+counted and leaves the last good plan in force; nothing from the bus stops
+the loop.
 """
 
 from __future__ import annotations
@@ -42,6 +48,10 @@ class ServiceSettings:
     algorithm: str = registry.DEFAULT  # placement planner, by registered name
     republish_s: float = 5.0  # desired states and the plan are sent again this often
     min_interval_s: float = 2.0  # at most one plan per this long
+    # After start, listen this long before the first plan: forwarders send
+    # their state every second by default, and a plan from a partial view
+    # would take down the fast-path links of the hosts not heard from yet.
+    settle_s: float = 3.0
     # A plan larger than this is trimmed (desired states, then unmoved guests) to
     # pass the bus's message limit, with room for the envelope.
     max_plan_bytes: int = DEFAULT_MAX_MESSAGE_BYTES - 4096
@@ -62,6 +72,11 @@ class PlannerCore:
     pending_change: bool = False
     planned_at: float = -1e18
     published_at: float = -1e18
+    started_at: float | None = None  # the first time the core saw the clock
+    # A change is (sender, sender's instance, change_id): ids restart with an
+    # inference process. The one in the view, and the one last planned.
+    taken_change: tuple[str, int, int] | None = None
+    planned_change: tuple[str, int, int] | None = None
 
     def __post_init__(self) -> None:
         self.log = buslog.get(component="planner")
@@ -80,8 +95,14 @@ class PlannerCore:
                 self.view.on_matrix(msg.payload)
             elif msg.kind == "topology_change":
                 assert isinstance(msg.payload, pb.TopologyChange)
-                self.view.on_change(msg.payload)
-                self.pending_change = True
+                key = (msg.source, msg.instance, msg.payload.change_id)
+                if key == self.planned_change or (self.pending_change
+                                                  and key == self.taken_change):
+                    self.counters.inc("change_repeats")  # planned, or about to be
+                else:
+                    self.view.on_change(msg.payload)
+                    self.taken_change = key
+                    self.pending_change = True
             else:
                 self.counters.inc("ignored_" + msg.kind)
                 return []
@@ -94,8 +115,11 @@ class PlannerCore:
         return self.tick(now)
 
     def tick(self, now: float) -> list[Outgoing]:
+        if self.started_at is None:
+            self.started_at = now
         out: list[Outgoing] = []
-        if self.pending_change and now - self.planned_at >= self.settings.min_interval_s:
+        if self.pending_change and now - self.planned_at >= self.settings.min_interval_s and (
+                now - self.started_at >= self.settings.settle_s):
             self.pending_change = False
             self.planned_at = now
             out += self._plan(now)
@@ -109,7 +133,9 @@ class PlannerCore:
         """Seconds until tick has something to do (for the shell's wait)."""
         waits = [self.settings.republish_s - (now - self.published_at)] if self.last else []
         if self.pending_change:
-            waits.append(self.settings.min_interval_s - (now - self.planned_at))
+            listened = 0.0 if self.started_at is None else now - self.started_at
+            waits.append(max(self.settings.min_interval_s - (now - self.planned_at),
+                             self.settings.settle_s - listened))
         return max(0.0, min(waits, default=self.settings.republish_s))
 
     def _plan(self, now: float) -> list[Outgoing]:
@@ -129,6 +155,7 @@ class PlannerCore:
             self.log.error("no plan made", change=self.view.change_id, error=str(exc))
             return []
         self._fit(outcome.plan)
+        self.planned_change = self.taken_change
         self.plan_id += 1
         self.generation += 1
         self.last = outcome

@@ -46,10 +46,14 @@ FORWARDER_RATE_HZ = 10
 UPDATE_RATE_HZ = 10
 WINDOW_S = 1.0
 DAMPING_S = 3.0
+# The latest change is repeated every REPUBLISH_S (same change_id): listeners
+# take each change_id once.
+REPUBLISH_S = 2.0
 INFERENCE_ARGS = [
     "--update-rate-hz", str(UPDATE_RATE_HZ), "--smoothing-window-s", str(WINDOW_S),
     "--damping-s", str(DAMPING_S), "--prune-fraction", "0.1", "--detection-threshold", "0.1",
-    "--matrix-period-s", "0.5", "--bus-heartbeat-s", "0.2",
+    "--matrix-period-s", "0.5", "--change-republish-s", str(REPUBLISH_S),
+    "--bus-heartbeat-s", "0.2",
 ]
 # Background chatter (under the pruning threshold): unicast from a few guests
 # to guests they have no edge with in most topologies, broadcast from two.
@@ -105,6 +109,8 @@ class World:
     # traffic pattern must start DAMPING_S after it or it counts as flapping.
     last_report_t: float = -math.inf
     primed: bool = False  # the first report (chatter only) has passed
+    # change_ids any listener of this world has taken: a repeat is no change.
+    changes_seen: set[int] = field(default_factory=set)
 
     # ------------------------------------------------------------ processes
 
@@ -217,14 +223,21 @@ def build_world(logs: Path) -> Iterator[World]:
 
 
 class Listener:
-    """Reads topology.change and the inference's heartbeats from the bus."""
+    """Reads topology.change and the inference's heartbeats from the bus.
 
-    def __init__(self, bus: BusSettings) -> None:
+    The inference repeats its latest change every REPUBLISH_S with the same
+    change_id: each change_id is taken once (share ``seen`` between the
+    listeners of one world, so a repeat of what an earlier one took is no
+    change either).
+    """
+
+    def __init__(self, bus: BusSettings, seen: set[int] | None = None) -> None:
         self.client = BusClient(bus, "test", "online")
         self.client.subscribe(topics.TOPOLOGY_CHANGE)
         self.client.subscribe(topics.join(topics.HEARTBEAT, "inference"))
         self.counters: dict[str, int] = {}
         self.pending: deque[pb.TopologyChange] = deque()  # received, not yet taken
+        self.seen = set() if seen is None else seen
 
     async def __aenter__(self) -> Listener:
         await self.client.ready()
@@ -236,7 +249,9 @@ class Listener:
     async def _poll(self, timeout: float) -> None:
         for msg in await self.client.recv_batch(max(0.0, timeout)):
             if isinstance(msg.payload, pb.TopologyChange):
-                self.pending.append(msg.payload)
+                if msg.payload.change_id not in self.seen:
+                    self.seen.add(msg.payload.change_id)
+                    self.pending.append(msg.payload)
             elif isinstance(msg.payload, pb.Heartbeat):
                 self.counters = dict(msg.payload.counters)
 

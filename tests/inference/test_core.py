@@ -18,8 +18,18 @@ FAST = InferenceParams(
 )
 
 
-def changes(out: list[tuple[float, Outgoing]]) -> list[tuple[float, pb.TopologyChange]]:
-    return [(t, o.payload) for t, o in out if isinstance(o.payload, pb.TopologyChange)]
+def changes(
+    out: list[tuple[float, Outgoing]], seen: set[int] | None = None
+) -> list[tuple[float, pb.TopologyChange]]:
+    """The topology changes in out, each change_id once: a repeat is the periodic
+    republish, not a change. Share one seen set over several runs of one core."""
+    seen = set() if seen is None else seen
+    found = []
+    for t, o in out:
+        if isinstance(o.payload, pb.TopologyChange) and o.payload.change_id not in seen:
+            seen.add(o.payload.change_id)
+            found.append((t, o.payload))
+    return found
 
 
 def matrices(out: list[tuple[float, Outgoing]]) -> list[tuple[float, pb.TrafficMatrix]]:
@@ -77,10 +87,11 @@ def test_ring_to_all_to_all_reported_exactly_once() -> None:
     sim = Simulation(n, seed=3)
     sim.set_topology(shapes.generate("ring", n))
     core = InferenceCore(FAST)
-    before = changes(simulate.run(core, sim, 0.0, 20.0))
+    seen: set[int] = set()
+    before = changes(simulate.run(core, sim, 0.0, 20.0), seen)
     assert [c.shape for _, c in before] == ["ring"]
     sim.set_topology(shapes.generate("all-to-all", n))
-    after = changes(simulate.run(core, sim, 20.0, 60.0))
+    after = changes(simulate.run(core, sim, 20.0, 60.0), seen)
     assert len(after) == 1, [(t, c.shape, len(c.edges)) for t, c in after]
     t, change = after[0]
     assert change.shape == "all-to-all"
@@ -95,12 +106,13 @@ def test_a_fast_flip_is_damped_to_the_union_then_settles() -> None:
     sim = Simulation(n, seed=4)
     sim.set_topology(ring)
     core = InferenceCore(FAST)
-    assert len(changes(simulate.run(core, sim, 0.0, 20.0))) == 1
+    seen: set[int] = set()
+    assert len(changes(simulate.run(core, sim, 0.0, 20.0), seen)) == 1
     reported = []
     t = 20.0
     for k in range(20):  # flip every 1.5 s, faster than damping_s = 6 s
         sim.set_topology(mesh if k % 2 == 0 else ring)
-        reported += changes(simulate.run(core, sim, t, t + 1.5))
+        reported += changes(simulate.run(core, sim, t, t + 1.5), seen)
         t += 1.5
     # 20 real changes; at most the first change and the union are reported.
     assert 1 <= len(reported) <= 2, [(x, c.shape) for x, c in reported]
@@ -108,7 +120,7 @@ def test_a_fast_flip_is_damped_to_the_union_then_settles() -> None:
     assert edge_set(reported[-1][1]) == union
     # The application settles on the ring: reported once more, after damping.
     sim.set_topology(ring)
-    settled = changes(simulate.run(core, sim, t, t + 20.0))
+    settled = changes(simulate.run(core, sim, t, t + 20.0), seen)
     assert len(settled) == 1
     assert settled[0][1].shape == "ring"
     assert settled[0][0] - t >= FAST.damping_s
@@ -119,11 +131,13 @@ def test_slow_changes_are_each_reported() -> None:
     ring, mesh = shapes.generate("ring", n), shapes.generate("2-D mesh", n)
     sim = Simulation(n, seed=5)
     core = InferenceCore(FAST)
-    seen = []
+    shapes_seen = []
+    ids: set[int] = set()
     for k in range(6):  # each topology holds 12 s, longer than damping_s
         sim.set_topology(ring if k % 2 == 0 else mesh)
-        seen += [c.shape for _, c in changes(simulate.run(core, sim, 12.0 * k, 12.0 * (k + 1)))]
-    assert seen == ["ring", "2-D mesh 4x4"] * 3
+        out = simulate.run(core, sim, 12.0 * k, 12.0 * (k + 1))
+        shapes_seen += [c.shape for _, c in changes(out, ids)]
+    assert shapes_seen == ["ring", "2-D mesh 4x4"] * 3
 
 
 def test_forwarder_restart_and_lost_intervals_neither_spike_nor_zero() -> None:
@@ -132,14 +146,15 @@ def test_forwarder_restart_and_lost_intervals_neither_spike_nor_zero() -> None:
     sim.set_topology(shapes.generate("ring", n))
     core = InferenceCore(FAST)
     warm = simulate.run(core, sim, 0.0, 10.0)
-    assert len(changes(warm)) == 1
+    seen: set[int] = set()
+    assert len(changes(warm, seen)) == 1
     steady = pair_rate(matrices(warm)[-1][1], "g1", "g2")  # g1 lives on h1
     assert steady == pytest.approx(sim.rate_bps, rel=0.05)
     # h1 restarts (new instance, counters from zero) and the bus loses three
     # of its intervals after the restart.
     sim.restart("h1")
     out = simulate.run(core, sim, 10.0, 30.0, lose=lambda host, i: host == "h1" and 2 <= i <= 4)
-    assert changes(out) == []
+    assert changes(out, seen) == []
     for _, m in matrices(out):
         assert pair_rate(m, "g1", "g2") == pytest.approx(sim.rate_bps, rel=0.05)
     counters = core.counters.snapshot()
@@ -171,11 +186,12 @@ def test_migrated_guest_stays_the_same_node_without_false_changes() -> None:
     g = shapes.generate("ring", n)
     sim.set_topology(g)
     core = InferenceCore(InferenceParams(update_rate_hz=4.0, smoothing_window_s=4.0))
-    assert len(changes(simulate.run(core, sim, 0.0, 10.0))) == 1
+    seen: set[int] = set()
+    assert len(changes(simulate.run(core, sim, 0.0, 10.0), seen)) == 1
     nodes_before = len(core.guests)
     sim.migrate(0, "h2")  # g1: h1 -> h2; run() republishes every host's state
     out = simulate.run(core, sim, 10.0, 30.0)
-    assert changes(out) == []
+    assert changes(out, seen) == []
     assert len(core.guests) == nodes_before
     assert core.guests.local_to("h2") >= {0}
     assert 0 not in core.guests.local_to("h1")
@@ -201,7 +217,8 @@ def test_malformed_and_out_of_order_counts_are_dropped_with_a_counter() -> None:
     g = shapes.generate("ring", n)
     sim.set_topology(g)
     core = InferenceCore(FAST)
-    simulate.run(core, sim, 0.0, 10.0)
+    seen: set[int] = set()
+    changes(simulate.run(core, sim, 0.0, 10.0), seen)
     good = sim.interval("h1")
     assert core.handle(sim.message("h1", good), 10.1) == []
     # The same interval again, and an older one: out of order.
@@ -233,7 +250,7 @@ def test_malformed_and_out_of_order_counts_are_dropped_with_a_counter() -> None:
     assert counters["state_bad_guest"] == 1
     # And the service carried on: the topology is unchanged and still reported.
     out = simulate.run(core, sim, 11.0, 20.0)
-    assert changes(out) == []
+    assert changes(out, seen) == []
     assert edge_set(core.latest or pb.TopologyChange()) == expected(sim, g)
 
 
@@ -317,7 +334,8 @@ def test_a_count_from_the_far_future_is_dropped_not_taken_as_loss() -> None:
     g = shapes.generate("ring", n)
     sim.set_topology(g)
     core = InferenceCore(FAST)
-    simulate.run(core, sim, 0.0, 8.0)
+    seen: set[int] = set()
+    changes(simulate.run(core, sim, 0.0, 8.0), seen)
     forged = sim.interval("h1")
     forged.interval_index += 1_000_000
     errors = core.handle(sim.message("h1", forged), 8.05)
@@ -326,5 +344,5 @@ def test_a_count_from_the_far_future_is_dropped_not_taken_as_loss() -> None:
     # The real forwarder's next intervals still count and nothing changes.
     out = simulate.run(core, sim, 8.1, 16.0)
     assert core.counters["counts_out_of_order"] == 0
-    assert changes(out) == []
+    assert changes(out, seen) == []
     assert edge_set(core.latest or pb.TopologyChange()) == expected(sim, g)

@@ -94,7 +94,7 @@ async def _ensure(world: World, listener: Listener, edges: set[Edge]) -> None:
 @pytest.mark.parametrize(("shape", "n"), SHAPE_CASES, ids=[f"{s}-{n}" for s, n in SHAPE_CASES])
 async def test_inferred_edges_equal_generated(world: World, shape: str, n: int) -> None:
     want = shape_edges(shape, n)
-    async with Listener(world.bus) as listener:
+    async with Listener(world.bus, world.changes_seen) as listener:
         change = await _settle_on(world, listener, want)
         counters = await listener.heartbeat()
     print(f"{shape} over {n} guests: reported shape {change.shape!r}")
@@ -106,7 +106,7 @@ async def test_inferred_edges_equal_generated(world: World, shape: str, n: int) 
 
 async def test_ring_to_all_to_all_is_reported_once(world: World) -> None:
     ring, full = shape_edges("ring", 12), shape_edges("all-to-all", 12)
-    async with Listener(world.bus) as listener:
+    async with Listener(world.bus, world.changes_seen) as listener:
         await _ensure(world, listener, ring)
         world.set_edges(full)
         changes = [await listener.next_change(REPORT_S)]
@@ -123,7 +123,7 @@ async def test_fast_flip_is_damped(world: World) -> None:
     b = graph_edges(shapes.generate("2-D mesh", 12))
     flips, hold_s = 8, 1.5 * WINDOW_S
     assert WINDOW_S < hold_s < DAMPING_S
-    async with Listener(world.bus) as listener:
+    async with Listener(world.bus, world.changes_seen) as listener:
         await _ensure(world, listener, a)
         during: list[pb.TopologyChange] = []
         current = a
@@ -143,7 +143,7 @@ async def test_fast_flip_is_damped(world: World) -> None:
 
 async def test_forwarder_restart_creates_no_change(world: World) -> None:
     ring = shape_edges("ring", 12)
-    async with Listener(world.bus) as listener:
+    async with Listener(world.bus, world.changes_seen) as listener:
         await _ensure(world, listener, ring)
         before = (await listener.heartbeat()).get("forwarder_restarts", 0)
         world.stop_forwarder("h2", signal.SIGKILL)
@@ -163,7 +163,7 @@ async def test_rogue_counts_are_dropped(world: World) -> None:
     # would be the strongest edge by far and prune the ring away.
     huge = pb.PairCount(src_mac=tb.guest("g1").mac, dst_mac=tb.guest("g7").mac,
                         frames=10**6, bytes=10**9, total_frames=10**7, total_bytes=10**10)
-    async with Listener(world.bus) as listener:
+    async with Listener(world.bus, world.changes_seen) as listener:
         await _ensure(world, listener, ring)
         spy = BusClient(world.bus, "spy", "online")
         rogue = BusClient(world.bus, "rogue", "online")
@@ -219,7 +219,7 @@ async def _next_counts(spy: BusClient, timeout: float = 10.0) -> _Counts:
 async def test_counts_under_a_new_instance_create_no_change(world: World) -> None:
     """One stray FrameCounts for h1 from another instance (empty, a valid interval)."""
     ring = shape_edges("ring", 12)
-    async with Listener(world.bus) as listener:
+    async with Listener(world.bus, world.changes_seen) as listener:
         await _ensure(world, listener, ring)
         base = await listener.heartbeat()
         rogue = BusClient(world.bus, "rogue", "stray")
@@ -242,7 +242,7 @@ async def test_count_from_the_future_does_not_silence_a_forwarder(world: World) 
              for k, h in enumerate(("h1", "h2", "h3"))}
     rings = {edge(ring[k], ring[(k + 1) % len(ring)])
              for ring in hosts.values() for k in range(len(ring))}
-    async with Listener(world.bus) as listener:
+    async with Listener(world.bus, world.changes_seen) as listener:
         await _ensure(world, listener, rings)
         spy = BusClient(world.bus, "spy", "online")
         replay: ReplayClient | None = None

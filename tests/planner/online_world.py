@@ -48,13 +48,17 @@ FORWARDER_ARGS = ["--update-rate-hz", "10", "--state-interval-s", "0.5", "--keep
                   "--bus-heartbeat-s", "0.5"]
 # A change shows within one window; the pruning keeps edges down to 0.1 % of
 # the strongest, so light traffic stays in the topology the planner sees.
+# Its latest change is repeated every second (same change_id), so a planner
+# that starts late still gets it soon.
 INFERENCE_ARGS = ["--update-rate-hz", "10", "--smoothing-window-s", "1", "--damping-s", "1",
                   "--prune-fraction", "0.001", "--detection-threshold", "0.1",
-                  "--matrix-period-s", "0.5", "--bus-heartbeat-s", "0.5"]
+                  "--matrix-period-s", "0.5", "--change-republish-s", "1",
+                  "--bus-heartbeat-s", "0.5"]
 # Links until 90 % of inter-host traffic is on direct links; plans quickly and
 # republishes often, so a test waits seconds, not the defaults' tens.
+# Forwarders send state every 0.5 s here: a planner has all of it after 1.5 s.
 PLANNER_ARGS = ["--algorithm", "noop", "--share", "0.9", "--republish-s", "1",
-                "--min-interval-s", "0.5", "--bus-heartbeat-s", "0.5"]
+                "--min-interval-s", "0.5", "--settle-s", "1.5", "--bus-heartbeat-s", "0.5"]
 
 Pair = tuple[str, str]
 T = TypeVar("T")
@@ -238,7 +242,7 @@ class Watcher:
         self.plans: deque[pb.Plan] = deque(maxlen=100)
         self.plan_instances: deque[int] = deque(maxlen=100)  # the sender's, per plan
         self.plans_seen = 0
-        self.changes: deque[pb.TopologyChange] = deque(maxlen=100)
+        self.changes: deque[pb.TopologyChange] = deque(maxlen=100)  # each change_id once
         self.matrix: pb.TrafficMatrix | None = None
         self.states: dict[str, pb.ForwarderState] = {}
         self.samples: dict[str, deque[LinkSample]] = {}
@@ -261,7 +265,9 @@ class Watcher:
                 self.plan_instances.append(msg.instance)
                 self.plans_seen += 1
             elif isinstance(p, pb.TopologyChange):
-                self.changes.append(p)
+                # The inference repeats its latest change: keep each change_id once.
+                if not any(c.change_id == p.change_id for c in self.changes):
+                    self.changes.append(p)
             elif isinstance(p, pb.TrafficMatrix):
                 self.matrix = p
             elif isinstance(p, pb.ForwarderState):

@@ -130,8 +130,9 @@ class TestEstimate:
 
 
 class TestCore:
-    def core(self) -> PlannerCore:
-        settings = ServiceSettings(algorithm="noop", republish_s=5.0, min_interval_s=2.0)
+    def core(self, settle_s: float = 0.0) -> PlannerCore:
+        settings = ServiceSettings(algorithm="noop", republish_s=5.0, min_interval_s=2.0,
+                                   settle_s=settle_s)
         return PlannerCore(settings, registry.load(settings.algorithm))
 
     def feed(self, core: PlannerCore, now: float = 0.0) -> list[tuple[str, Message]]:
@@ -166,6 +167,43 @@ class TestCore:
         plan = out[0][1]
         assert isinstance(plan, pb.Plan)
         assert plan.plan_id == 2 and plan.based_on_change == 2
+
+    def test_a_repeated_change_is_planned_once(self) -> None:
+        core = self.core()
+        self.feed(core)
+        assert core.on_message(message("topology.change", world.change(1)), 1.0)
+        for k in range(3):  # the inference repeats its latest change
+            out = core.on_message(message("topology.change", world.change(1), 2 + k), 6.0 * k)
+            assert [t for t, _ in out if t == "plan"] == ([] if k == 0 else ["plan"])
+        assert core.counters["plans"] == 1 and core.counters["change_repeats"] == 3
+        assert core.counters["republished"] == 2  # the plan again, not a new one
+        # A new change_id is a new change; so is the same id from a restarted
+        # inference (a new envelope instance).
+        assert core.on_message(message("topology.change", world.change(2), 9), 20.0)
+        again = BusMessage(topic="topology.change", source="test@t", instance=2, seq=1,
+                           ts=0.0, kind="topology_change", payload=world.change(2), size=0)
+        assert core.on_message(again, 30.0)
+        assert core.counters["plans"] == 3
+
+    def test_a_planner_started_while_traffic_is_steady_plans_the_repeat(self) -> None:
+        """It missed the change; the repeat, after it settled, is planned."""
+        core = self.core(settle_s=3.0)
+        assert core.tick(100.0) == []  # started
+        assert core.on_message(message("topology.change", world.change(7)), 100.5) == []
+        self.feed(core, 101.0)  # the states come in while it settles
+        assert core.next_deadline(101.0) == pytest.approx(2.0)
+        out = core.tick(103.0)
+        plan = out[0][1]
+        assert isinstance(plan, pb.Plan) and plan.based_on_change == 7
+        assert plan.links_add and plan.links_add[0].id == "h1-h2"
+
+    def test_a_change_that_failed_is_tried_again_on_its_repeat(self) -> None:
+        core = self.core()
+        assert core.on_message(message("topology.change", world.change(4)), 0.0) == []
+        assert core.counters["plan_failed"] == 1  # no forwarder state yet
+        self.feed(core, 1.0)
+        out = core.on_message(message("topology.change", world.change(4), 2), 5.0)
+        assert [t for t, _ in out][:1] == ["plan"] and core.counters["plans"] == 1
 
     def test_bad_messages_are_counted_and_the_last_plan_stays(self) -> None:
         core = self.core()
