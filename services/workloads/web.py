@@ -24,6 +24,7 @@ popen(netns, argv, **kw)), as the Patterns launcher does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -234,6 +235,9 @@ class WebSite:
                 break
             line = proc.stdout.readline()
             if not line:
+                # Its stdout closed: it is exiting; reap it so the error has its exit code.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(5)
                 raise self._fail(tier, "exited before its ready line")
             if line.startswith(b'{"ready": true'):
                 ready: dict[str, Any] = json.loads(line)
