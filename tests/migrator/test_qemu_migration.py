@@ -146,8 +146,9 @@ def test_migrator_killed_mid_migration_recovers(lab: QemuLab,
             # finished on its own meanwhile, completes it).
             migrators.append(lab.start_migrator(journal="journal-crash"))
 
-    failed = _outcome(lab.migrate(dst, on_status=kill_migrator))
-    assert first.popen.returncode is not None, "the migration ended before the kill"
+    statuses = lab.migrate(dst, on_status=kill_migrator)
+    assert first.popen.returncode is not None, f"the migration ended before the kill: {statuses}"
+    failed = _outcome(statuses)
     assert failed["phase"] == FAILED, failed
     assert "migrator restarted during the move" in failed["error"], failed
     running = lab.running_instances()
