@@ -80,6 +80,11 @@ def run_scenario(scn: Scenario, timing: Timing, logs: Path,
             progress(f"{scn.key}: oracle {' '.join(placement)}: {m.final_it_s:.1f} it/s")
             measured.append({"placement": list(placement), "it_s": round(m.final_it_s, 3),
                              "errors": m.errors, "links": m.links_max})
+        if scn.sweep_links and out["sweep"]:
+            # The sweep's last step is the start placement with every link: a candidate too.
+            last = out["sweep"][-1]
+            measured.append({"placement": list(scn.placement), "it_s": last["it_s"],
+                             "errors": [], "links": last["links_up"], "from": "links sweep"})
         best_run = max(measured, key=lambda c: c["it_s"])
         best = float(best_run["it_s"])
         out["oracle"] = {"candidates": total, "measured": measured, "best_it_s": best,

@@ -123,9 +123,10 @@ class Observer:
                 self.errors.append(f"migration of {p.guest_id} failed: {p.error}")
 
 
-def settings_for(mode: str) -> StackSettings:
+def settings_for(mode: str, network: Path) -> StackSettings:
     planner = ORACLE_PLANNER if mode == "oracle" else MODES[mode]
-    return StackSettings(planner_args=(*common_planner_args(), *planner),
+    return StackSettings(planner_args=(*common_planner_args(), "--network", str(network),
+                                       *planner),
                          migrator_args=("--memory-mb", str(MEMORY_MB)))
 
 
@@ -134,7 +135,9 @@ def measure(scn: Scenario, mode: str, logs: Path, timing: Timing, progress: Prog
     """One run of scn in mode ("none", "overlay", "migration", "both", "oracle", "sweep")."""
     where = placement or scn.placement
     logs.mkdir(parents=True, exist_ok=True)
-    settings = settings_for("none" if mode == "sweep" else mode)
+    network = logs / "network.toml"
+    network.write_text(scn.network_toml())
+    settings = settings_for("none" if mode == "sweep" else mode, network)
     with Stack(scn.spec(where), logs, settings) as stack, ExitStack() as extra:
         load = None
         if scn.loaded_host:

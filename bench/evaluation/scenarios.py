@@ -32,8 +32,10 @@ ORACLE_PLANNER = ("--algorithm", "noop", "--share", "-1", "--max-links", "-1")
 
 
 def common_planner_args() -> tuple[str, ...]:
+    # share 1: every host pair that talks gets its link (the links sweep shows
+    # one all-to-all pair left on the proxy costs half the throughput).
     return ("--min-interval-s", "1", "--republish-s", "2", "--min-dwell-s", "20",
-            "--no-return-s", "60", "--capacity", str(CAPACITY),
+            "--no-return-s", "60", "--capacity", str(CAPACITY), "--share", "1",
             "--host-capacity", "proxy=0", "--guest-memory-mb", str(MEMORY_MB))
 
 
@@ -95,6 +97,18 @@ class Scenario:
                             rate = w.rate_mbit
                     out[(a, b)] = rate
         return out
+
+    def network_toml(self) -> str:
+        """What an operator tells the planner (``--network``): sites, WAN rates, a loaded host."""
+        lines = [f"site_rate_mbit = {CLUSTER_MBIT:g}"]
+        for host, site in (("proxy", self.proxy_site), *self.hosts):
+            lines += ["[[host]]", f'name = "{host}"', f'site = "{site}"']
+            if host == self.loaded_host:
+                lines.append(f"cpu = {self.load_quota:g}")
+        for w in self.wans:
+            lines += ["[[wan]]", f'sites = ["{w.a}", "{w.b}"]', f"rate_mbit = {w.rate_mbit:g}",
+                      f"delay_ms = {w.delay_ms:g}"]
+        return "\n".join(lines) + "\n"
 
     def spec(self, placement: tuple[str, ...] | None = None) -> TestbedSpec:
         where = placement or self.placement

@@ -31,7 +31,11 @@ METHOD = """\
   symmetry (hosts of one site are interchangeable, and so are guests under the topology's
   automorphisms), ranked by a crossing-cost model (Σ 1/rate over topology edges between hosts);
   the cheapest few are measured on a fresh testbed with the guests placed there and every
-  direct link (noop planner, no share or link limit). The best measured is the oracle.
+  direct link (noop planner, no share or link limit). In scenario 1 the links sweep's last step
+  (the start placement with every link) is a candidate too. The best measured is the oracle.
+- The planner is told what an operator knows (`vnet planner --network FILE`): each host's
+  site, the WAN rates between sites, and the loaded host's CPU share. It still measures RTT,
+  carried rate and loss on every link; the file only gives each host pair its prior rate.
 - A loaded host: its forwarder, a busy loop, and the workers of the guests it holds (following
   them as they move) share a cgroup CPU quota.
 - The machine is shared with other work; figures vary from run to run by 10-30%.
@@ -82,7 +86,8 @@ def oracle_table(scenarios: Mapping[str, Mapping[str, Any]]) -> str:
         if not o:
             continue
         for c in o["measured"]:
-            rows.append([key, " ".join(c["placement"]), float(c["it_s"]), o["candidates"]])
+            where = " ".join(c["placement"]) + (f" ({c['from']})" if c.get("from") else "")
+            rows.append([key, where, float(c["it_s"]), o["candidates"]])
     return markdown(["scenario", "placement (g1 g2 ...)", "it/s", "candidates"], rows)
 
 

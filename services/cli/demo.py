@@ -20,7 +20,7 @@ import signal
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +164,13 @@ async def _run(stack: Stack, args: argparse.Namespace, t0: float) -> tuple[float
     return before, after
 
 
+
+def settings_for_spec(spec: str) -> StackSettings:
+    """The spec's sites and WAN rates are what its operator knows: the planner's priors."""
+    d = StackSettings()
+    return replace(d, planner_args=(*d.planner_args, "--network", str(Path(spec).resolve())))
+
+
 def _demo(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print("vnet demo builds network namespaces: run it as root", file=sys.stderr)
@@ -172,7 +179,7 @@ def _demo(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     logs = Path(tempfile.mkdtemp(prefix="vnet-demo-"))
     print(f"[{0.0:6.1f}s] building the testbed {spec.name!r} (logs in {logs})", flush=True)
-    with Stack(spec, logs, StackSettings(), spec_source=str(args.spec)) as stack:
+    with Stack(spec, logs, settings_for_spec(args.spec), spec_source=str(args.spec)) as stack:
         assert stack.tb is not None and stack.bus is not None
         hosts = ", ".join(stack.tb.hosts())
         print(f"[{time.monotonic() - t0:6.1f}s] up: broker, forwarders on {hosts}, inference;"
@@ -204,7 +211,7 @@ def _up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     logs = Path(args.logs or tempfile.mkdtemp(prefix="vnet-up-"))
     try:
-        with Stack(spec, logs, StackSettings(), owner_cli=True,
+        with Stack(spec, logs, settings_for_spec(args.spec), owner_cli=True,
                    spec_source=str(args.spec)) as stack:
             assert stack.tb is not None and stack.bus is not None
             stack.start_adaptation()

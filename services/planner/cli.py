@@ -7,6 +7,7 @@ import asyncio
 import json
 import socket
 import sys
+from pathlib import Path
 
 from google.protobuf import json_format
 
@@ -19,6 +20,7 @@ from services.planner import registry
 from services.planner.combine import PlanSettings
 from services.planner.estimate import EstimateSettings
 from services.planner.inputs import InputSettings
+from services.planner.network import NetworkHints
 from services.planner.overlay import CostConstraint
 from services.planner.service import ServiceSettings, serve
 from services.planner.stability import StabilitySettings
@@ -48,6 +50,8 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
         default_capacity=args.capacity, host_capacity=_host_capacity(args.host_capacity),
         guest_memory_mb=args.guest_memory_mb,
         estimate=EstimateSettings(default_bps=args.default_link_mbps * 1e6),
+        network=NetworkHints.load(Path(args.network)) if args.network else None,
+        direct_links=args.max_links != 0 and args.share != 0 and args.budget_mbps != 0,
     )
     return ServiceSettings(
         algorithm=args.algorithm, republish_s=args.republish_s,
@@ -147,6 +151,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    default=d_inputs.estimate.default_bps / 1e6,
                    help="throughput assumed for a link nothing is known about"
                         " (default %(default)s)")
+    p.add_argument("--network", metavar="FILE",
+                   help="sites of the hosts and WAN rates between them (TOML in the testbed"
+                        " spec's form: [[host]] name/site, [[wan]] sites/rate_mbit), the"
+                        " prior of each host pair's rate")
     p.add_argument("--host", default=socket.gethostname(), help="host name in sources and logs")
     bus_settings.add_arguments(p)
     p.set_defaults(func=_planner)

@@ -11,7 +11,10 @@ Host pairs with no overlay link yet have no measurement of their own: they
 get the estimate of the path through the proxy (the smaller throughput of the
 two star links, the sum of their RTTs), which is what their traffic gets
 today and a lower bound of what a direct link would give. Once a fast-path
-link joins them its own measurements replace it. No active probe is sent.
+link joins them its own measurements replace it. No active probe is sent;
+an operator's network description (:mod:`network`) gives each pair a prior
+in place of ``default_bps``, and lets a pair without a link be weighed at
+what a direct link would give when the overlay may add one.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ class EstimateSettings:
     mss_bytes: float = 1400.0
 
 
-def link_bps(m: pb.LinkMeasurement, peak_bps: float, s: EstimateSettings) -> float:
-    model = s.default_bps
+def link_bps(m: pb.LinkMeasurement, peak_bps: float, s: EstimateSettings,
+             prior_bps: float | None = None) -> float:
+    model = s.default_bps if prior_bps is None else prior_bps
     if m.rtt_ms > 0:
         rtt_s = m.rtt_ms / 1000.0
         model = min(model, s.window_bytes * 8.0 / rtt_s)
@@ -48,14 +52,24 @@ def matrices(
     measurements: dict[str, pb.LinkMeasurements],
     peaks: dict[tuple[str, str], float],
     settings: EstimateSettings = EstimateSettings(),
+    prior_bps: FloatArray | None = None,
+    direct: bool = False,
 ) -> tuple[FloatArray, FloatArray, dict[tuple[int, int], bool]]:
-    """(throughput bps, latency ms, link up per measured pair) as H×H matrices."""
+    """(throughput bps, latency ms, link up per measured pair) as H×H matrices.
+
+    prior_bps (NaN where unknown, see :mod:`network`) replaces default_bps
+    pair by pair. With direct, a pair that has no link yet but a prior gets
+    the prior (a fast-path link may join it) instead of the path through the
+    proxy: what the placement should weigh when the overlay may add links.
+    """
     index = {h: i for i, h in enumerate(hosts)}
     n = len(hosts)
     thr_sum = np.zeros((n, n))
     rtt_sum = np.zeros((n, n))
     count = np.zeros((n, n))
     up: dict[tuple[int, int], bool] = {}
+    prior = np.full((n, n), np.nan) if prior_bps is None else prior_bps
+    has_prior = np.isfinite(prior)
     for host, report in sorted(measurements.items()):
         a = index.get(host)
         if a is None:
@@ -70,8 +84,10 @@ def matrices(
             if not m.up:
                 continue
             peak = peaks.get((hosts[pair[0]], hosts[pair[1]]), 0.0)
+            bps = link_bps(m, peak, settings,
+                           float(prior[a, b]) if has_prior[a, b] else None)
             for x, y in ((a, b), (b, a)):
-                thr_sum[x, y] += link_bps(m, peak, settings)
+                thr_sum[x, y] += bps
                 rtt_sum[x, y] += m.rtt_ms
                 count[x, y] += 1
     known = (count + count.T) > 0
@@ -79,13 +95,16 @@ def matrices(
     with np.errstate(invalid="ignore", divide="ignore"):
         thr = np.where(known, (thr_sum + thr_sum.T) / total, 0.0)
         rtt = np.where(known, (rtt_sum + rtt_sum.T) / total, 0.0)
-    star_thr = np.where(known[proxy], thr[proxy], settings.default_bps)
+    unknown = np.where(has_prior, prior, settings.default_bps)
+    star_thr = np.where(known[proxy], thr[proxy], unknown[proxy])
     star_rtt = np.where(known[proxy], rtt[proxy], 0.0)
     via_thr = np.minimum.outer(star_thr, star_thr)
     via_rtt = np.add.outer(star_rtt, star_rtt)
+    if direct:
+        via_thr = np.where(has_prior, prior, via_thr)
     thr = np.where(known, thr, via_thr)
     rtt = np.where(known, rtt, via_rtt)
-    thr[proxy, :] = np.where(known[proxy], thr[proxy], settings.default_bps)
+    thr[proxy, :] = np.where(known[proxy], thr[proxy], unknown[proxy])
     thr[:, proxy] = thr[proxy, :]
     np.fill_diagonal(thr, 0.0)
     np.fill_diagonal(rtt, 0.0)

@@ -19,6 +19,7 @@ from services.bus.pb import vnet_pb2 as pb
 from services.planner import estimate
 from services.planner.combine import Addressing
 from services.planner.model import InputError, Problem, Traffic
+from services.planner.network import NetworkHints
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -34,6 +35,9 @@ class InputSettings:
     host_capacity: dict[str, int] = field(default_factory=dict)  # per-host overrides
     guest_memory_mb: float = 128.0  # memory a migration copies, per guest
     estimate: estimate.EstimateSettings = field(default_factory=estimate.EstimateSettings)
+    network: NetworkHints | None = None  # the operator's sites and WAN rates
+    # The overlay may add fast-path links: weigh a pair without one at its prior.
+    direct_links: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,8 +175,9 @@ class WorldView:
         for (a, b), rate in self.peaks.items():
             key = (a, b) if b else (min(a, hosts[proxy]), max(a, hosts[proxy]))
             peaks[key] = max(peaks.get(key, 0.0), rate)
+        prior = settings.network.prior_bps(hosts) if settings.network else None
         thr, rtt, up = estimate.matrices(hosts, proxy, self.measurements, peaks,
-                                         settings.estimate)
+                                         settings.estimate, prior, settings.direct_links)
         star: list[str] = [""] * len(hosts)
         fast: dict[tuple[int, int], str] = {}
         # A host is reachable unless its star link is reported down.
@@ -195,8 +200,13 @@ class WorldView:
                     fast[pair] = link.spec.id
         reachable[proxy] = True
         held = np.bincount(np.asarray(current, dtype=np.int64), minlength=len(hosts))
-        capacity = np.array([max(settings.host_capacity.get(h, settings.default_capacity),
-                                 int(held[i])) for i, h in enumerate(hosts)], dtype=np.int64)
+        net = settings.network
+        capacity = np.array([
+            # A loaded host keeps only its share; any other is raised to what it holds.
+            net.slots(h, settings.host_capacity.get(h, settings.default_capacity))
+            if net and h in net.cpu else
+            max(settings.host_capacity.get(h, settings.default_capacity), int(held[i]))
+            for i, h in enumerate(hosts)], dtype=np.int64)
         problem = Problem(
             hosts=hosts, guests=tuple(guests), traffic=traffic, throughput_bps=thr,
             capacity=capacity, current=np.asarray(current, dtype=np.int64), proxy=proxy,

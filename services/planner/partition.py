@@ -175,10 +175,35 @@ def local_search(problem: Problem, start: IntArray,
     return placement
 
 
+def repaired_current(problem: Problem) -> IntArray:
+    """The current placement with each host over capacity (a loaded host offers
+    fewer slots) shedding its guests, weakest traffic first, each to the host
+    with room where its own cost is lowest: the fewest moves that fit."""
+    placement = problem.current.copy()
+    movable = problem.movable()
+    adj = problem.adjacency()
+    cost = problem.cost_matrix()
+    free = problem.slots() - np.bincount(placement[movable], minlength=problem.n_hosts)
+    strength = adj.strength()
+    for host in np.flatnonzero(free < 0).tolist():
+        on = np.flatnonzero((placement == host) & movable)
+        for guest in on[np.lexsort((on, strength[on]))][: -int(free[host])].tolist():
+            by_host = guest_cost_by_host(adj, cost, placement, guest)
+            target = int(np.argmin(np.where(free > 0, by_host, np.inf)))
+            placement[guest] = target
+            free[target] -= 1
+            free[host] += 1
+    return placement
+
+
 def partition_placement(problem: Problem,
                         settings: PartitionSettings = PartitionSettings()) -> IntArray:
-    # The current placement first: on equal cost the plan with fewer moves wins.
-    starts = [problem.current.copy()] if problem.feasible(problem.current) else []
+    # The current placement first (repaired if hosts lost slots): on equal cost
+    # the plan with fewer moves wins.
+    current = problem.current.copy()
+    if not problem.feasible(current):
+        current = repaired_current(problem)
+    starts = [current] if problem.feasible(current) else []
     starts += [greedy_placement(problem), cluster_placement(problem)]
     if problem.n_guests <= settings.random_starts_max_guests:
         starts += [random_placement(problem, settings.seed + i)

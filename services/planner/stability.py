@@ -9,7 +9,9 @@ than min_dwell_s ago stays, and a guest does not return to a host it left
 within no_return_s: together they rule out ping-pong between two placements.
 Moves are judged one by one, best first, each against the placement the
 moves already accepted make; a move into a full host is judged together with
-the planned move out of it that frees the slot (a swap).
+the planned move out of it that frees the slot (a swap). A guest on a host
+over its capacity (a loaded host offers fewer slots: :mod:`network`) leaves
+whatever it gains, the dwell and no-return rules still holding.
 """
 
 from __future__ import annotations
@@ -174,8 +176,8 @@ def apply_policy(problem: Problem, proposed: IntArray, history: MoveHistory, now
                 if why:
                     return math.nan, cost_s, f"{problem.guests[x]} {why}"
         gain = delta(bundle)
-        if not settings.enabled:
-            return gain, cost_s, ""
+        if not settings.enabled or all(free[int(placement[x])] < 0 for x in bundle):
+            return gain, cost_s, ""  # the hosts it leaves are over capacity: it must go
         if gain <= 0:
             return gain, cost_s, "no gain"
         if gain * settings.horizon_s < settings.margin * cost_s:
@@ -220,7 +222,8 @@ def apply_policy(problem: Problem, proposed: IntArray, history: MoveHistory, now
                 placement[x] = dst
                 pending.discard(x)
                 pending_on[src].discard(x)
-                reason = "pays off" if x == g else f"moves with {problem.guests[g]}"
+                reason = ("leaves a host over capacity" if free[src] <= 0 and gain <= 0
+                          else "pays off") if x == g else f"moves with {problem.guests[g]}"
                 decided[x] = Decision(x, src, dst, gain if x == g else 0.0,
                                       cost_s if x == g else move_cost(x), True, reason)
                 nbr, _ = adj.of_guest(x)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import tomllib
 
 import pytest
 
 from bench.evaluation import analysis, oracle, series, table
+from bench.evaluation.scenarios import CAPACITY, CLUSTER_MBIT, by_key
+from services.planner.network import NetworkHints
 from services.workloads import topologies
 
 
@@ -94,3 +97,13 @@ def test_derive_and_goals() -> None:
     goals = analysis.goals_for("x", rows, {"links little": ("overlay", "max", 1.5)})
     assert [g.met for g in goals] == [True, True, True]
     assert goals[0].measured == pytest.approx(28 / 30, abs=1e-3)
+
+
+def test_the_planners_network_file_says_sites_wan_rates_and_the_loaded_host() -> None:
+    wan = by_key("wan")
+    hints = NetworkHints.from_dict(tomllib.loads(wan.network_toml()))
+    prior = hints.prior_bps(("proxy", "e1", "e2", "w1"))
+    assert prior[1, 2] == CLUSTER_MBIT * 1e6  # one site
+    assert prior[1, 3] == 100e6 and prior[0, 3] == 20e6 and prior[0, 1] == 50e6
+    loaded = NetworkHints.from_dict(tomllib.loads(by_key("loaded").network_toml()))
+    assert loaded.cpu == {"h1": 0.3} and loaded.slots("h1", CAPACITY) == 0

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 from google.protobuf.message import Message
 
 from services.bus.envelope import BusMessage, payload_field
 from services.bus.pb import vnet_pb2 as pb
 from services.planner import estimate, registry
+from services.planner.combine import make_plan
 from services.planner.inputs import InputSettings, WorldView
 from services.planner.model import InputError
+from services.planner.network import NetworkHints
 from services.planner.service import PlannerCore, ServiceSettings
+from services.planner.stability import MoveHistory
 from tests.planner import world
 
 
@@ -127,6 +132,41 @@ class TestEstimate:
         mathis = 1400 * 8 / 0.01 * 1.22 / 0.1
         assert estimate.link_bps(m, 0.0, s) == pytest.approx(mathis)
         assert estimate.link_bps(m, 5e8, s) == 5e8
+
+    def test_the_network_file_sets_each_pairs_prior(self, tmp_path: Path) -> None:
+        f = tmp_path / "net.toml"
+        f.write_text('site_rate_mbit = 500\n'
+                     '[[host]]\nname = "p"\nsite = "home"\n'
+                     '[[host]]\nname = "h1"\nsite = "far"\n'
+                     '[[host]]\nname = "h2"\nsite = "far"\n'
+                     '[[wan]]\nsites = ["home", "far"]\nrate_mbit = 20\ndelay_ms = 5\n')
+        hosts = ("h1", "h2", "p")
+        prior = NetworkHints.load(f).prior_bps(hosts)
+        assert prior[0, 1] == 5e8 and prior[0, 2] == 2e7 and math.isnan(prior[0, 0])
+        s = estimate.EstimateSettings(default_bps=1e9)
+        # Unmeasured: the star pairs get the WAN's rate, h1-h2 the way through the proxy ...
+        thr, _, _ = estimate.matrices(hosts, 2, {}, {}, s, prior)
+        assert thr[0, 2] == 2e7 and thr[0, 1] == 2e7
+        # ... or, when the overlay may join them, what a direct link inside the site gives.
+        thr, _, _ = estimate.matrices(hosts, 2, {}, {}, s, prior, direct=True)
+        assert thr[0, 1] == 5e8
+        # A measured star link: the prior caps the model, a higher carried rate wins.
+        ms = {"h1": world.links("h1", rtt_ms=1.0)}
+        thr, _, _ = estimate.matrices(hosts, 2, ms, {("h1", "p"): 3e7}, s, prior)
+        assert thr[0, 2] == 3e7
+
+    @pytest.mark.parametrize("text", [
+        '[[host]]\nname = "h1"\n',
+        '[[wan]]\nsites = ["a"]\nrate_mbit = 1\n',
+        '[[wan]]\nsites = ["a", "b"]\nrate_mbit = -1\n',
+        'site_rate_mbit = "fast"\n',
+        '[[host',
+    ])
+    def test_a_bad_network_file_is_refused(self, tmp_path: Path, text: str) -> None:
+        f = tmp_path / "net.toml"
+        f.write_text(text)
+        with pytest.raises(InputError, match=r"net\.toml"):
+            NetworkHints.load(f)
 
 
 class TestCore:
@@ -264,3 +304,33 @@ def test_peak_rate_of_a_nameless_star_link_raises_its_estimate() -> None:
     v.on_links(m)
     built = v.build(InputSettings(estimate=estimate.EstimateSettings(window_bytes=1e5)))
     assert built.problem.throughput_bps[0, 2] == pytest.approx(9e8 + 1e6)
+
+
+def test_a_loaded_host_sheds_guests_that_gain_nothing_by_moving() -> None:
+    """h1 offers one of its two slots (cpu 0.5): one of its talking pair a-c leaves for
+    the free h3 though that costs traffic (the partner stays: too little traffic to pay
+    for its own move); without the hint both stay."""
+    hints = NetworkHints.from_dict({
+        "host": [{"name": h, "site": "s"} for h in ("p", "h2", "h3")]
+                + [{"name": "h1", "site": "s", "cpu": 0.5}]})
+    v = view()
+    v.on_state(world.state("h3", []))
+    v.on_change(pb.TopologyChange(change_id=1, nodes=["a", "c"], edges=[
+        pb.Edge(src="a", dst="c", weight=1.0, bytes_per_s=1e6)]))
+    built = v.build(InputSettings(default_capacity=2, host_capacity={"p": 0}, network=hints,
+                                  direct_links=True))
+    pr = built.problem
+    h1, h3 = pr.hosts.index("h1"), pr.hosts.index("h3")
+    assert int(pr.capacity[h1]) == 1 and not pr.feasible(pr.current)
+    out = make_plan(pr, built.addressing, registry.load("partition"), MoveHistory(), now=0.0,
+                    plan_id=1, generation=1)
+    moved = sorted((pr.guests[d.guest], pr.hosts[d.to_host], d.reason)
+                   for d in out.decisions if d.accepted)
+    assert moved in ([("a", "h3", "leaves a host over capacity")],
+                     [("c", "h3", "leaves a host over capacity")])
+    assert int(np.sum(out.placement == h1)) == 1 and int(np.sum(out.placement == h3)) == 1
+    plain = v.build(InputSettings(default_capacity=2, host_capacity={"p": 0},
+                                  direct_links=True)).problem
+    again = make_plan(plain, built.addressing, registry.load("partition"), MoveHistory(),
+                      now=0.0, plan_id=1, generation=1)
+    assert not any(d.accepted for d in again.decisions)
