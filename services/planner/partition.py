@@ -222,4 +222,36 @@ def partition_placement(problem: Problem,
         if best is None or c < best_cost - 1e-9 * best_cost:
             best, best_cost = result, c
     assert best is not None
-    return best
+    return fewer_moves(problem, best, cost)
+
+
+def fewer_moves(problem: Problem, placement: IntArray, cost: FloatArray,
+                max_hosts: int = 128) -> IntArray:
+    """Swap the guests of interchangeable hosts (same path costs to every other host,
+    same slots) wherever that leaves more guests where they are: the cost is the
+    same, the moves fewer. A start found a ring's halves but on each other's hosts,
+    say. Skipped above max_hosts (pairwise)."""
+    h = problem.n_hosts
+    if h > max_hosts:
+        return placement
+    out = placement.copy()
+    current = problem.current
+    slots = problem.slots()
+    movable = problem.movable()
+    for x in range(h):
+        for y in range(x + 1, h):
+            if slots[x] != slots[y]:
+                continue
+            others = np.ones(h, dtype=bool)
+            others[[x, y]] = False
+            if not np.allclose(cost[x, others], cost[y, others], rtol=1e-9, atol=0.0):
+                continue
+            on_x, on_y = (out == x) & movable, (out == y) & movable
+            stay_now = np.sum(on_x & (current == x)) + np.sum(on_y & (current == y))
+            stay_swapped = np.sum(on_x & (current == y)) + np.sum(on_y & (current == x))
+            if stay_swapped > stay_now:
+                swapped = out.copy()
+                swapped[on_x], swapped[on_y] = y, x
+                if problem.feasible(swapped):
+                    out = swapped
+    return out

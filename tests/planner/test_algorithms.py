@@ -175,6 +175,20 @@ class TestPartition:
         assert communication_cost(pr, out) == 0.0
         assert out[0] == out[1] and out[2] == out[3]
 
+    def test_of_equal_placements_the_one_with_fewest_moves(self) -> None:
+        # A ring a-b-c-d, a and b on a1, c and d across a slow WAN on b1 and b2; two
+        # hosts of 2 slots per site. Gathering on site a costs the same either way round;
+        # moving c and d to a2 is 2 moves, swapping a,b over to a2 first would be 4.
+        hosts = ["a1", "a2", "b1", "b2"]
+        thr = np.full((4, 4), 1e9)
+        thr[:2, 2:] = thr[2:, :2] = 2e7
+        pr = make_problem(hosts, list("abcd"), [(0, 1, 5.0), (1, 2, 5.0), (2, 3, 5.0),
+                                                (3, 0, 5.0)],
+                          throughput_bps=thr, capacity=2, current=[0, 0, 2, 3])
+        out = partition_placement(pr)
+        assert communication_cost(pr, out) == pytest.approx(optimum(pr)[0])
+        assert out.tolist() == [0, 0, 1, 1]
+
     @pytest.mark.parametrize("seed", range(6))
     def test_within_five_percent_of_exhaustive_optimum(self, seed: int) -> None:
         from services.planner import synthetic
