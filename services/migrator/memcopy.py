@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 CHUNK = 1 << 20
+CONNECT_S = 60.0
 
 
 async def _line(stream: asyncio.StreamReader | None, timeout: float) -> str:
@@ -48,6 +49,10 @@ async def copy_memory(src_netns: str, dst_netns: str, dst_ip: str, port: int, nb
             kind, _, value = line.partition(" ")
             if kind == "sent":
                 on_progress(int(value))
+        if await send.wait() != 0:
+            err = (await send.stderr.read()).decode() if send.stderr else ""
+            raise OSError(f"memory sender to {dst_netns} failed (exit {send.returncode}):"
+                          f" {err.strip()[-300:]}")
         done = await _line(recv.stdout, max(0.1, deadline - time.monotonic()))
         if not done.startswith("received "):
             err = (await recv.stderr.read()).decode() if recv.stderr else ""
@@ -78,12 +83,27 @@ def _recv(listen: str, nbytes: int) -> int:
     return 0 if got == nbytes else 1
 
 
+def _connect(host: str, port: int, within_s: float) -> socket.socket:
+    """Connect, sending a fresh SYN every second: on a saturated tail-drop link a lost
+    SYN would otherwise wait out the kernel's backoff (1, 3, 7, 15, 31 s)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            conn = socket.create_connection((host, port), timeout=1.0)
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise
+            continue
+        conn.settimeout(30.0)
+        return conn
+
+
 def _send(to: str, nbytes: int) -> int:
     host, _, port = to.rpartition(":")
     chunk = bytes(CHUNK)
     sent = 0
     last = 0.0
-    with socket.create_connection((host, int(port)), timeout=30) as conn:
+    with _connect(host, int(port), CONNECT_S) as conn:
         while sent < nbytes:
             n = min(CHUNK, nbytes - sent)
             conn.sendall(chunk[:n])

@@ -227,10 +227,11 @@ def partition_placement(problem: Problem,
 
 def fewer_moves(problem: Problem, placement: IntArray, cost: FloatArray,
                 max_hosts: int = 128) -> IntArray:
-    """Swap the guests of interchangeable hosts (same path costs to every other host,
-    same slots) wherever that leaves more guests where they are: the cost is the
-    same, the moves fewer. A start found a ring's halves but on each other's hosts,
-    say. Skipped above max_hosts (pairwise)."""
+    """Of placements that cost the same, the one with fewer moves: swap the guests
+    of interchangeable hosts (same path costs to every other host, same slots)
+    wherever that leaves more guests where they are (a start found a ring's
+    halves, but on each other's hosts), then exchange single moved guests.
+    Skipped on large problems (pairwise)."""
     h = problem.n_hosts
     if h > max_hosts:
         return placement
@@ -254,4 +255,21 @@ def fewer_moves(problem: Problem, placement: IntArray, cost: FloatArray,
                 swapped[on_x], swapped[on_y] = y, x
                 if problem.feasible(swapped):
                     out = swapped
+    if problem.n_guests > max_hosts * 2:
+        return out
+    # Then guest by guest: a moved guest goes back home in exchange with a moved
+    # guest placed there, when that costs nothing (a ring's far half lands on
+    # one host and the near half stays, rather than halves crossing over).
+    best = communication_cost(problem, out, cost)
+    for g in np.flatnonzero((out != current) & movable).tolist():
+        home = int(current[g])
+        if out[g] == home:
+            continue
+        for k in np.flatnonzero((out == home) & (current != home) & movable).tolist():
+            trial = out.copy()
+            trial[g], trial[k] = home, out[g]
+            c = communication_cost(problem, trial, cost)
+            if c <= best + 1e-9 * max(best, 1e-30):
+                out, best = trial, c
+                break
     return out

@@ -188,6 +188,16 @@ class TestPartition:
         out = partition_placement(pr)
         assert communication_cost(pr, out) == pytest.approx(optimum(pr)[0])
         assert out.tolist() == [0, 0, 1, 1]
+        # With no direct link a1-a2 costs as the way through the proxy: any halving
+        # of the ring costs the same, and still only c and d move.
+        thr2 = thr.copy()
+        thr2[0, 1] = thr2[1, 0] = 5e8
+        pr2 = make_problem(hosts, list("abcd"), [(0, 1, 5.0), (1, 2, 5.0), (2, 3, 5.0),
+                                                 (3, 0, 5.0)],
+                           throughput_bps=thr2, capacity=2, current=[0, 0, 2, 3])
+        out2 = partition_placement(pr2)
+        assert communication_cost(pr2, out2) == pytest.approx(optimum(pr2)[0])
+        assert int(np.sum(out2 != pr2.current)) == 2
 
     @pytest.mark.parametrize("seed", range(6))
     def test_within_five_percent_of_exhaustive_optimum(self, seed: int) -> None:
