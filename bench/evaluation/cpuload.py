@@ -18,6 +18,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
+from services.workloads.webhog import server_pids
+
 CPU_ROOT = Path("/sys/fs/cgroup/cpu")
 PERIOD_US = 100_000
 
@@ -64,13 +66,17 @@ class CpuLoad:
         return self
 
     def add(self, pid: int) -> None:
-        """Put a process (all its threads) under the host's quota."""
-        (self.dir / "cgroup.procs").write_text(str(pid))
+        """Put a process, its group and descendants (a server's workers), all their
+        threads, under the host's quota."""
+        for p in server_pids(pid) or [pid]:
+            with contextlib.suppress(ProcessLookupError):
+                (self.dir / "cgroup.procs").write_text(str(p))
 
     @staticmethod
     def release(pid: int) -> None:
-        with contextlib.suppress(ProcessLookupError, OSError):
-            (CPU_ROOT / "cgroup.procs").write_text(str(pid))
+        for p in server_pids(pid) or [pid]:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                (CPU_ROOT / "cgroup.procs").write_text(str(p))
 
     def place(self, where: dict[str, str]) -> None:
         """Workers of guests on the loaded host in, the others out (guest -> host)."""

@@ -14,7 +14,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +28,7 @@ from bench.evaluation.scenarios import (
     MODES,
     ORACLE_PLANNER,
     Scenario,
+    WebWorkload,
     common_planner_args,
 )
 from services.bus import topics
@@ -35,7 +36,8 @@ from services.bus.client import BusClient
 from services.bus.launch import stop_process
 from services.bus.pb import vnet_pb2 as pb
 from services.cli.stack import Stack, StackSettings
-from services.workloads.launch import PatternsRun
+from services.workloads.launch import PatternsRun, Workload
+from services.workloads.web import WebSite
 
 Progress = Callable[[str], None]
 FINAL_S = 8.0  # the final throughput: the last this many seconds of a run
@@ -145,12 +147,18 @@ def measure(scn: Scenario, mode: str, logs: Path, timing: Timing, progress: Prog
             load = extra.enter_context(CpuLoad(stack.tb, scn.loaded_host, scn.load_quota,
                                                f"vnet-eval-{stack.tb.prefix}"))
             load.add(stack.forwarders[scn.loaded_host].pid)
-        return asyncio.run(_drive(stack, scn, mode, where, load, logs, timing, progress))
+        site = None
+        if isinstance(scn.workload, WebWorkload):
+            assert stack.tb is not None and stack.bus is not None
+            site = extra.enter_context(WebSite(stack.tb, scn.workload.guests, stack.bus,
+                                               scn.workload.settings, logs=logs))
+        return asyncio.run(_drive(stack, scn, mode, where, load, logs, timing, progress,
+                                  site))
 
 
 async def _drive(stack: Stack, scn: Scenario, mode: str, where: tuple[str, ...],
                  load: CpuLoad | None, logs: Path, timing: Timing,
-                 progress: Progress) -> Measurement:
+                 progress: Progress, site: WebSite | None = None) -> Measurement:
     tb, bus = stack.tb, stack.bus
     assert tb is not None and bus is not None
     client = BusClient(bus, "eval", "eval")
@@ -162,13 +170,12 @@ async def _drive(stack: Stack, scn: Scenario, mode: str, where: tuple[str, ...],
     out = Measurement(mode, where)
     guests = list(scn.guests)
     try:
-        with PatternsRun(tb, guests, replace(scn.workload, duration_s=0.0), bus,
-                         logs=logs) as run:
+        with _application(scn, stack, logs, site) as app:
             obs = Observer(client, time.monotonic())
             if load is not None:
-                load.workers = {g: p.pid for g, p in run.procs.items()}
+                load.workers = app.pids
                 load.place(dict(zip(guests, where, strict=True)))
-            await _until_reporting(obs, guests, timing.connect_timeout_s)
+            await _until_reporting(obs, app.reporters, timing.connect_timeout_s)
             t_start = time.monotonic() - obs.t0  # every worker is iterating
             if mode == "sweep":
                 await _sweep(stack, scn, obs, timing, progress, out)
@@ -182,11 +189,8 @@ async def _drive(stack: Stack, scn: Scenario, mode: str, where: tuple[str, ...],
             else:
                 await _pump(obs, load, timing.oracle_s if mode == "oracle" else timing.before_s)
             t_end = time.monotonic() - obs.t0
-            codes = _stop_all(run)
+            out.errors += app.stop()
             await obs.pump(1.5)  # the workers' last reports
-        # -15: SIGTERM met a worker already ending on its own (handlers are gone then).
-        out.errors += [f"{g}: worker exit code {c}" for g, c in codes.items()
-                       if c not in (0, -signal.SIGTERM)]
     finally:
         client.close()
     out.errors += obs.errors
@@ -200,6 +204,46 @@ async def _drive(stack: Stack, scn: Scenario, mode: str, where: tuple[str, ...],
     out.timeline = series.timeline(shifted, 0.0, t_end - t_start)
     out.t90_s = series.time_to_fraction(out.timeline, out.final_it_s)
     return out
+
+
+@dataclass
+class _App:
+    pids: dict[str, int]         # guest -> the process a loaded host's quota must hold
+    reporters: list[str]         # guests whose AppReports measure throughput
+    stop: Callable[[], list[str]]  # stop the load; the errors it ended with
+
+
+@contextlib.contextmanager
+def _application(scn: Scenario, stack: Stack, logs: Path,
+                 site: WebSite | None) -> Iterator[_App]:
+    """The scenario's application running: Patterns workers, or the web site's load."""
+    tb, bus = stack.tb, stack.bus
+    assert tb is not None and bus is not None
+    if site is not None:
+        assert isinstance(scn.workload, WebWorkload)
+        tiers = scn.workload.guests
+        site.start_load()
+
+        def stop_web() -> list[str]:
+            summary = site.stop_load()
+            failed = int(summary.get("failed_total", 0))
+            return [f"{failed} failed requests: {summary.get('failed')}"] if failed else []
+
+        yield _App({tiers[t]: site.procs[t].pid for t in ("front", "app", "db", "img")},
+                   [tiers["client"]], stop_web)
+        return
+    assert isinstance(scn.workload, Workload)
+    guests = list(scn.guests)
+    with PatternsRun(tb, guests, replace(scn.workload, duration_s=0.0), bus,
+                     logs=logs) as run:
+
+        def stop_patterns() -> list[str]:
+            codes = _stop_all(run)
+            # -15: SIGTERM met a worker already ending on its own (handlers are gone then).
+            return [f"{g}: worker exit code {c}" for g, c in codes.items()
+                    if c not in (0, -signal.SIGTERM)]
+
+        yield _App({g: p.pid for g, p in run.procs.items()}, guests, stop_patterns)
 
 
 def _stop_all(run: PatternsRun) -> dict[str, int]:

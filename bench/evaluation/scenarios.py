@@ -14,6 +14,8 @@ from typing import Any
 from services.testbed.spec import TestbedSpec
 from services.workloads import topologies
 from services.workloads.launch import Workload
+from services.workloads.web import WebSettings
+from services.workloads.webconf import Catalogue
 
 CAPACITY = 2         # guest slots per host (the proxy gets none)
 MEMORY_MB = 16       # what a move copies across the underlay (a small VM)
@@ -57,7 +59,7 @@ class Scenario:
     proxy_site: str
     wans: tuple[Wan, ...]
     placement: tuple[str, ...]       # start host of guest g1, g2, ...
-    workload: Workload
+    workload: Workload | WebWorkload
     loaded_host: str = ""            # a host whose CPU is mostly taken (cpuload.py)
     load_quota: float = 0.3
     oracle_limit: int = 2            # measure at most this many oracle candidates
@@ -73,7 +75,13 @@ class Scenario:
     def host_names(self) -> tuple[str, ...]:
         return tuple(h for h, _ in self.hosts)
 
+    @property
+    def is_web(self) -> bool:
+        return isinstance(self.workload, WebWorkload)
+
     def edges(self) -> frozenset[tuple[int, int]]:
+        if isinstance(self.workload, WebWorkload):
+            return WEB_EDGES
         return topologies.edges(self.workload.topology, len(self.placement))
 
     def site_of(self, host: str) -> str:
@@ -122,6 +130,23 @@ class Scenario:
                      "shaper": "htb"} for w in self.wans],
         }
         return TestbedSpec.from_dict(data, name=f"eval-{self.key}")
+
+
+@dataclass(frozen=True)
+class WebWorkload:
+    """The multi-tier web site; guests g1..g5 hold the tiers in WEB_TIERS' order."""
+
+    settings: WebSettings
+    topology: str = "web"  # for the tables
+
+    @property
+    def guests(self) -> dict[str, str]:
+        return {tier: f"g{i + 1}" for i, tier in enumerate(WEB_TIERS)}
+
+
+WEB_TIERS = ("front", "app", "db", "img", "client")
+# Who talks to whom: client-front, front-app, front-img, app-db.
+WEB_EDGES = frozenset({(0, 4), (0, 1), (0, 3), (1, 2)})
 
 
 def _work(topology: str, msg_kib: int, compute_s: float = 0.0,
@@ -179,6 +204,19 @@ SCENARIOS: tuple[Scenario, ...] = (
         sites=("cl",), hosts=(("h1", "cl"), ("h2", "cl"), ("h3", "cl"), ("h4", "cl")),
         proxy_site="cl", wans=(), placement=("h1", "h2", "h3", "h4"),
         workload=_work("ring", 16, compute_ops=150_000), loaded_host="h1"),
+    Scenario(
+        key="web", title="6. Multi-tier web site with a loaded image server",
+        claim="VADAPT (TPC-W): moving the image server off a loaded host and joining"
+              " the tiers by fast paths raised the site's request rate",
+        sites=("cl",), hosts=(("h1", "cl"), ("h2", "cl"), ("h3", "cl"), ("h4", "cl")),
+        proxy_site="cl", wans=(),
+        # front app db img client
+        placement=("h1", "h2", "h2", "h3", "h4"),
+        workload=WebWorkload(WebSettings(
+            catalogue=Catalogue(items=200, authors=50, customers=50, orders=300),
+            connections=8, image_share=0.6, request_timeout_s=5.0, ready_timeout_s=60.0,
+            start_load=False)),
+        loaded_host="h3", load_quota=0.1),
 )
 
 

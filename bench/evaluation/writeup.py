@@ -41,17 +41,12 @@ METHOD = """\
 - The machine is shared with other work; figures vary from run to run by 10-30%.
 """
 
-TODO_WEB = """\
-## Not yet measured (TODO)
-- 6. The multi-tier web site with a loaded image server. The web workload
-  (services/workloads/web.py: `WebSite`, `load_image_server`, reports on app.web.<client>)
-  landed while this evaluation was being built; it is not a scenario here yet. To add it: a
-  runner mode that starts `WebSite` instead of `PatternsRun`, reads requests/s from the
-  `app.web.` reports (and failed requests as application errors), and loads the image
-  server's host.
-- The planner has no CPU-load input (its cost is communication only, and `--host-capacity`
-  is raised to what a host already holds), so in scenario 5 a move off the loaded host
-  happens only if the loaded host's slower links make it pay.
+WEB_NOTE = """\
+- Scenario 6's throughput is the web site's requests per second (wrk in the client guest,
+  one AppReport per 1-s run), in the it/s column; a failed request (non-2xx, connect, read,
+  write or time-out) counts as an application error. The loaded host's quota holds the image
+  server's nginx (master and workers) while its guest is there, the busy loop and the
+  host's forwarder.
 """
 
 
@@ -140,5 +135,5 @@ def render(doc: Mapping[str, Any], goals: list[Goal]) -> str:
               "Speedup targets stand for the original's qualitative findings (large gains from"
               " links for all-to-all in one cluster, little for a bus across two clusters,"
               " migration ahead of links when communication dominates); its exact figures are"
-              " not reproduced here.", "", METHOD, TODO_WEB]
+              " not reproduced here.", "", METHOD, WEB_NOTE]
     return "\n".join(parts)

@@ -151,7 +151,9 @@ def make_plan(
     settings: PlanSettings = PlanSettings(),
 ) -> PlanOutcome:
     proposed = np.asarray(planner.place(problem), dtype=np.int64)
-    if proposed.shape != (problem.n_guests,) or not problem.feasible(proposed):
+    # Staying put is always allowed, even where a loaded host is now over capacity.
+    if proposed.shape != (problem.n_guests,) or not (
+            np.array_equal(proposed, problem.current) or problem.feasible(proposed)):
         raise PlannerFailed(
             f"planner {planner.name!r} returned an infeasible placement (shape"
             f" {proposed.shape}, over capacity or moving a guest of an unreachable host)"

@@ -8,7 +8,14 @@ import tomllib
 import pytest
 
 from bench.evaluation import analysis, oracle, series, table
-from bench.evaluation.scenarios import CAPACITY, CLUSTER_MBIT, by_key
+from bench.evaluation.scenarios import (
+    CAPACITY,
+    CLUSTER_MBIT,
+    WEB_EDGES,
+    WEB_TIERS,
+    WebWorkload,
+    by_key,
+)
 from services.planner.network import NetworkHints
 from services.workloads import topologies
 
@@ -107,3 +114,17 @@ def test_the_planners_network_file_says_sites_wan_rates_and_the_loaded_host() ->
     assert prior[1, 3] == 100e6 and prior[0, 3] == 20e6 and prior[0, 1] == 50e6
     loaded = NetworkHints.from_dict(tomllib.loads(by_key("loaded").network_toml()))
     assert loaded.cpu == {"h1": 0.3} and loaded.slots("h1", CAPACITY) == 0
+
+
+def test_the_web_scenario_names_its_tiers_and_who_talks_to_whom() -> None:
+    web = by_key("web")
+    assert web.is_web and web.edges() == WEB_EDGES
+    tiers = web.workload.guests if isinstance(web.workload, WebWorkload) else {}
+    assert tiers == {"front": "g1", "app": "g2", "db": "g3", "img": "g4", "client": "g5"}
+    # The image server starts on the loaded host, which offers it no slot.
+    assert web.placement[WEB_TIERS.index("img")] == web.loaded_host
+    problem = oracle.OracleProblem(hosts=web.host_names,
+                                   capacity=dict.fromkeys(web.host_names, CAPACITY),
+                                   host_class=web.host_class(), n_guests=5, edges=web.edges())
+    best, _ = oracle.ranked(problem, web.path_mbit(), 1, frozenset({web.loaded_host}))
+    assert web.loaded_host not in best[0]

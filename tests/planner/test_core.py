@@ -334,3 +334,7 @@ def test_a_loaded_host_sheds_guests_that_gain_nothing_by_moving() -> None:
     again = make_plan(plain, built.addressing, registry.load("partition"), MoveHistory(),
                       now=0.0, plan_id=1, generation=1)
     assert not any(d.accepted for d in again.decisions)
+    # The noop planner (overlay only) keeps the over-full host as it is, and plans links.
+    kept = make_plan(pr, built.addressing, registry.load("noop"), MoveHistory(), now=0.0,
+                     plan_id=1, generation=1)
+    assert np.array_equal(kept.placement, pr.current) and not kept.decisions
