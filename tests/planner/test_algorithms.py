@@ -198,6 +198,14 @@ class TestPartition:
         out2 = partition_placement(pr2)
         assert communication_cost(pr2, out2) == pytest.approx(optimum(pr2)[0])
         assert int(np.sum(out2 != pr2.current)) == 2
+        # Measured rates differ a little between edges that carry the same traffic:
+        # one move more is not worth 1% less cost (within the 3% tolerance).
+        pr3 = make_problem(hosts, list("abcd"), [(0, 1, 5.0), (1, 2, 5.1), (2, 3, 5.0),
+                                                 (3, 0, 5.0)],
+                           throughput_bps=thr2, capacity=2, current=[0, 0, 2, 3])
+        out3 = partition_placement(pr3)
+        assert int(np.sum(out3 != pr3.current)) == 2
+        assert communication_cost(pr3, out3) <= 1.03 * optimum(pr3)[0]
 
     @pytest.mark.parametrize("seed", range(6))
     def test_within_five_percent_of_exhaustive_optimum(self, seed: int) -> None:
