@@ -8,8 +8,9 @@ estimate uses it as the prior of each host pair: the WAN's rate between two
 sites, ``site_rate_mbit`` inside one. Measurements still cap it (window and
 loss bounds) and raise it (a higher rate seen carried).
 
-The file is TOML in the testbed's spec form, so one file can serve both (only
-these keys are read; others are ignored)::
+The file is TOML in the testbed's spec form, so a testbed spec serves as it
+is (only these keys are read; others are ignored; ``site_rate_mbit`` and
+``cpu`` are the planner's own, which a testbed spec refuses)::
 
     site_rate_mbit = 1000          # optional, inside a site
     [[host]]
