@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", default=str(RESULTS_DIR), help="where to write")
     parser.add_argument("--render-only", action="store_true",
                         help="rewrite eval.md and the plots from eval.json, measure nothing")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other scenarios of the eval.json there, replace only"
+                             " those run now")
     args = parser.parse_args(argv)
     if args.render_only:
         return render(Path(args.results))
@@ -165,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     failed: list[str] = []
     out_dir = Path(args.results)
+    if args.merge and (out_dir / "eval.json").exists():
+        kept = json.loads((out_dir / "eval.json").read_text())["results"]["scenarios"]
+        results = {k: v for k, v in kept.items() if k not in {s.key for s in chosen}}
+        progress(f"merging into {out_dir / 'eval.json'}: keeping {', '.join(results)}")
     goals: list[Goal] = []
     for scn in chosen:
         try:

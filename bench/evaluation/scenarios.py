@@ -107,12 +107,11 @@ class Scenario:
         return out
 
     def network_toml(self) -> str:
-        """What an operator tells the planner (``--network``): sites, WAN rates, a loaded host."""
+        """What an operator tells the planner (``--network``): sites and WAN rates. Not
+        the loaded host: its forwarder finds its cgroup's CPU quota binding."""
         lines = [f"site_rate_mbit = {CLUSTER_MBIT:g}"]
         for host, site in (("proxy", self.proxy_site), *self.hosts):
             lines += ["[[host]]", f'name = "{host}"', f'site = "{site}"']
-            if host == self.loaded_host:
-                lines.append(f"cpu = {self.load_quota:g}")
         for w in self.wans:
             lines += ["[[wan]]", f'sites = ["{w.a}", "{w.b}"]', f"rate_mbit = {w.rate_mbit:g}",
                       f"delay_ms = {w.delay_ms:g}"]

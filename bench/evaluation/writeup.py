@@ -34,8 +34,11 @@ METHOD = """\
   direct link (noop planner, no share or link limit). In scenario 1 the links sweep's last step
   (the start placement with every link) is a candidate too. The best measured is the oracle.
 - The planner is told what an operator knows (`vnet planner --network FILE`): each host's
-  site, the WAN rates between sites, and the loaded host's CPU share. It still measures RTT,
-  carried rate and loss on every link; the file only gives each host pair its prior rate.
+  site and the WAN rates between sites. It still measures RTT, carried rate and loss on every
+  link; the file only gives each host pair its prior rate. The loaded host is not named: its
+  forwarder, inside the host's CPU quota, reports the quota and how often it throttled
+  (`ForwarderState.cpu`), and the planner gives a host whose quota binds that share of its
+  guest slots.
 - A loaded host: its forwarder, a busy loop, and the workers of the guests it holds (following
   them as they move) share a cgroup CPU quota.
 - The machine is shared with other work; figures vary from run to run by 10-30%.

@@ -38,6 +38,7 @@ from services.forwarder.config import ForwarderSettings, GuestSpec, parse_addres
 from services.forwarder.core import ForwarderCore, PortKind
 from services.forwarder.ethernet import MAX_GSO_FRAME, MIN_VFRAME, VNET_HDR_LEN, normalise_mac
 from services.forwarder.framing import Hello, MsgType
+from services.forwarder.hostcpu import CpuWatch
 from services.forwarder.links import Link, StreamConn, UdpEndpoint
 from services.forwarder.linkstate import LinkStats
 
@@ -77,6 +78,8 @@ class Forwarder:
         self.generation = 0
         self.rule_messages: list[pb.Rule] = []
         self.interval_index = 0
+        self.cpu_watch = CpuWatch()
+        self.host_cpu = pb.HostCpu()  # sampled once per state interval
         self.listen_host, self.listen_port = parse_address(settings.listen)
         self._dirty: set[Link] = set()
         self._accepting: dict[StreamConn, float] = {}  # inbound, no handshake yet: since
@@ -801,6 +804,7 @@ class Forwarder:
             listen_address=self.s.listen, links=self.link_views(), rules=self.rule_messages,
             guests=[guest_pb(g) for g in self.guest_specs.values() if self._is_live(g.id)],
             waiting=[guest_pb(g) for g in self.guest_specs.values() if not self._is_live(g.id)],
+            cpu=self.host_cpu,
         )
 
     def publish_frames(self, interval_s: float) -> None:
@@ -810,9 +814,11 @@ class Forwarder:
                                     self.core.pairs.cut())
         self.bus.publish(topics.join(topics.FRAMES, self.s.host), msg)
 
-    def publish_links_and_state(self, interval_s: float) -> None:
+    def publish_links_and_state(self, interval_s: float, periodic: bool = True) -> None:
         assert self.bus is not None
         now = time.monotonic()
+        if periodic:  # the throttled share is over one state interval
+            self.host_cpu = self.cpu_watch.sample()
         self.bus.publish(topics.join(topics.LINKS, self.s.host),
                          messages.link_measurements(self.s.host, interval_s, self.link_views(),
                                                     now))
@@ -829,8 +835,10 @@ class Forwarder:
                 self.publish_frames(frames_s)
                 next_frames = max(next_frames + frames_s, now)
             if now >= next_state or self._state_dirty:
-                self.publish_links_and_state(self.s.state_interval_s)
-                next_state = max(next_state + self.s.state_interval_s, now)
+                periodic = now >= next_state
+                self.publish_links_and_state(self.s.state_interval_s, periodic)
+                if periodic:
+                    next_state = max(next_state + self.s.state_interval_s, now)
             wait = max(0.0, min(next_frames, next_state) - loop.time())
             with contextlib.suppress(TimeoutError):
                 # A changed state (a guest came or went) goes out at once.

@@ -71,6 +71,7 @@ def forwarder_state(
     rules: Iterable[pb.Rule],
     guests: list[pb.Guest],
     waiting: list[pb.Guest] | None = None,
+    cpu: pb.HostCpu | None = None,
 ) -> pb.ForwarderState:
     ordered: list[pb.Guest] = sorted(guests, key=lambda g: str(g.id))
     held: list[pb.Guest] = sorted(waiting or [], key=lambda g: str(g.id))
@@ -86,4 +87,5 @@ def forwarder_state(
         rules=list(rules),
         guests=ordered,
         waiting=held,
+        cpu=cpu,
     )

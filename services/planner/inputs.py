@@ -19,7 +19,7 @@ from services.bus.pb import vnet_pb2 as pb
 from services.planner import estimate
 from services.planner.combine import Addressing
 from services.planner.model import InputError, Problem, Traffic
-from services.planner.network import NetworkHints
+from services.planner.network import NetworkHints, slots_under
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
@@ -38,6 +38,9 @@ class InputSettings:
     network: NetworkHints | None = None  # the operator's sites and WAN rates
     # The overlay may add fast-path links: weigh a pair without one at its prior.
     direct_links: bool = False
+    # A host whose forwarder's CPU quota throttled it in this share of the
+    # scheduler's periods is loaded: it offers only the quota's share of its slots.
+    loaded_throttle: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,20 @@ class WorldView:
         self.src, self.dst, self.rate = src, dst, rate
         self.change_id = change.change_id
 
+    def cpu_share(self, host: str, settings: InputSettings) -> float | None:
+        """A loaded host's share of its CPU: the operator's word (the network file),
+        or the quota its forwarder finds binding (throttled in at least
+        loaded_throttle of the scheduler's periods), whichever is less; None when
+        neither says it is loaded."""
+        shares = []
+        if settings.network is not None and host in settings.network.cpu:
+            shares.append(settings.network.cpu[host])
+        cpu = self.states[host].cpu
+        if cpu.quota_cores > 0 and cpu.throttled_share >= settings.loaded_throttle:
+            shares.append(min(1.0, cpu.quota_cores))
+        share = min(shares, default=None)
+        return share if share is not None and share < 1.0 else None
+
     # ------------------------------------------------------------ the problem
 
     def build(self, settings: InputSettings = InputSettings()) -> Built:
@@ -200,13 +217,14 @@ class WorldView:
                     fast[pair] = link.spec.id
         reachable[proxy] = True
         held = np.bincount(np.asarray(current, dtype=np.int64), minlength=len(hosts))
-        net = settings.network
-        capacity = np.array([
+        slots = []
+        for i, name in enumerate(hosts):
+            base = settings.host_capacity.get(name, settings.default_capacity)
+            share = self.cpu_share(name, settings)
             # A loaded host keeps only its share; any other is raised to what it holds.
-            net.slots(h, settings.host_capacity.get(h, settings.default_capacity))
-            if net and h in net.cpu else
-            max(settings.host_capacity.get(h, settings.default_capacity), int(held[i]))
-            for i, h in enumerate(hosts)], dtype=np.int64)
+            slots.append(slots_under(base, share) if share is not None
+                         else max(base, int(held[i])))
+        capacity = np.array(slots, dtype=np.int64)
         problem = Problem(
             hosts=hosts, guests=tuple(guests), traffic=traffic, throughput_bps=thr,
             capacity=capacity, current=np.asarray(current, dtype=np.int64), proxy=proxy,

@@ -87,7 +87,7 @@ class NetworkHints:
 
     def slots(self, host: str, capacity: int) -> int:
         """Guest slots a host offers under its CPU share."""
-        return math.floor(capacity * self.cpu.get(host, 1.0) + 1e-9)
+        return slots_under(capacity, self.cpu.get(host, 1.0))
 
     def prior_bps(self, hosts: tuple[str, ...]) -> FloatArray:
         """H×H expected rate of a direct path (bits/s); NaN where nothing is known."""
@@ -103,6 +103,11 @@ class NetworkHints:
                 elif (rate := self.wan_mbit.get(frozenset((sa, sb)))) is not None:
                     out[i, j] = rate * 1e6
         return out
+
+
+def slots_under(capacity: int, cpu_share: float) -> int:
+    """A loaded host's guest slots: its share of them, rounded down."""
+    return math.floor(capacity * min(1.0, cpu_share) + 1e-9)
 
 
 def _positive(where: str, key: str, value: object) -> float:

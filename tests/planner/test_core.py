@@ -338,3 +338,27 @@ def test_a_loaded_host_sheds_guests_that_gain_nothing_by_moving() -> None:
     kept = make_plan(pr, built.addressing, registry.load("noop"), MoveHistory(), now=0.0,
                      plan_id=1, generation=1)
     assert np.array_equal(kept.placement, pr.current) and not kept.decisions
+
+
+@pytest.mark.parametrize(("quota", "throttled", "slots"), [
+    (0.5, 0.9, 1),   # the limit binds: half the slots
+    (0.3, 0.95, 0),  # none left
+    (0.5, 0.1, 2),   # a quota that does not bind is no load
+    (0.0, 0.0, 2),   # no quota
+    (4.0, 1.0, 2),   # a quota of several cores binds, but the host is not short of one
+])
+def test_a_forwarders_binding_cpu_quota_makes_its_host_loaded(quota: float, throttled: float,
+                                                              slots: int) -> None:
+    v = view()
+    h1 = world.state("h1", ["a", "c"], generation=3)
+    h1.cpu.quota_cores, h1.cpu.throttled_share = quota, throttled
+    v.on_state(h1)
+    v.on_state(world.state("h3", []))
+    v.on_change(world.change())
+    pr = v.build(InputSettings(default_capacity=2, host_capacity={"p": 0})).problem
+    assert int(pr.capacity[pr.hosts.index("h1")]) == slots
+    # The operator's word and the measurement: the lesser share counts.
+    hints = NetworkHints.from_dict({"host": [{"name": "h1", "site": "s", "cpu": 0.5}]})
+    pr = v.build(InputSettings(default_capacity=2, host_capacity={"p": 0},
+                               network=hints)).problem
+    assert int(pr.capacity[pr.hosts.index("h1")]) == min(slots, 1)

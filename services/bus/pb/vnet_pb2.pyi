@@ -227,7 +227,7 @@ class LinkStatus(_message.Message):
     def __init__(self, spec: _Optional[_Union[LinkSpec, _Mapping]] = ..., up: _Optional[bool] = ..., up_since: _Optional[float] = ..., reconnects: _Optional[int] = ...) -> None: ...
 
 class ForwarderState(_message.Message):
-    __slots__ = ("host", "is_proxy", "generation", "listen_address", "links", "rules", "guests", "waiting")
+    __slots__ = ("host", "is_proxy", "generation", "listen_address", "links", "rules", "guests", "waiting", "cpu")
     HOST_FIELD_NUMBER: _ClassVar[int]
     IS_PROXY_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -236,6 +236,7 @@ class ForwarderState(_message.Message):
     RULES_FIELD_NUMBER: _ClassVar[int]
     GUESTS_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
+    CPU_FIELD_NUMBER: _ClassVar[int]
     host: str
     is_proxy: bool
     generation: int
@@ -244,7 +245,16 @@ class ForwarderState(_message.Message):
     rules: _containers.RepeatedCompositeFieldContainer[Rule]
     guests: _containers.RepeatedCompositeFieldContainer[Guest]
     waiting: _containers.RepeatedCompositeFieldContainer[Guest]
-    def __init__(self, host: _Optional[str] = ..., is_proxy: _Optional[bool] = ..., generation: _Optional[int] = ..., listen_address: _Optional[str] = ..., links: _Optional[_Iterable[_Union[LinkStatus, _Mapping]]] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., guests: _Optional[_Iterable[_Union[Guest, _Mapping]]] = ..., waiting: _Optional[_Iterable[_Union[Guest, _Mapping]]] = ...) -> None: ...
+    cpu: HostCpu
+    def __init__(self, host: _Optional[str] = ..., is_proxy: _Optional[bool] = ..., generation: _Optional[int] = ..., listen_address: _Optional[str] = ..., links: _Optional[_Iterable[_Union[LinkStatus, _Mapping]]] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., guests: _Optional[_Iterable[_Union[Guest, _Mapping]]] = ..., waiting: _Optional[_Iterable[_Union[Guest, _Mapping]]] = ..., cpu: _Optional[_Union[HostCpu, _Mapping]] = ...) -> None: ...
+
+class HostCpu(_message.Message):
+    __slots__ = ("quota_cores", "throttled_share")
+    QUOTA_CORES_FIELD_NUMBER: _ClassVar[int]
+    THROTTLED_SHARE_FIELD_NUMBER: _ClassVar[int]
+    quota_cores: float
+    throttled_share: float
+    def __init__(self, quota_cores: _Optional[float] = ..., throttled_share: _Optional[float] = ...) -> None: ...
 
 class DesiredState(_message.Message):
     __slots__ = ("host", "generation", "links", "rules")
