@@ -38,7 +38,7 @@ from services.forwarder.config import ForwarderSettings, GuestSpec, parse_addres
 from services.forwarder.core import ForwarderCore, PortKind
 from services.forwarder.ethernet import MAX_GSO_FRAME, MIN_VFRAME, VNET_HDR_LEN, normalise_mac
 from services.forwarder.framing import Hello, MsgType
-from services.forwarder.hostcpu import CpuWatch
+from services.forwarder.hostcpu import CpuWatch, mount_private_cgroups
 from services.forwarder.links import Link, StreamConn, UdpEndpoint
 from services.forwarder.linkstate import LinkStats
 
@@ -79,6 +79,7 @@ class Forwarder:
         self.rule_messages: list[pb.Rule] = []
         self.interval_index = 0
         self.cpu_watch = CpuWatch()
+        self.cgroups = ""  # how the cgroup files were found (mount_private_cgroups)
         self.host_cpu = pb.HostCpu()  # sampled once per state interval
         self.listen_host, self.listen_port = parse_address(settings.listen)
         self._dirty: set[Link] = set()
@@ -105,6 +106,8 @@ class Forwarder:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.bus is not None:  # the host's CPU limit goes out with the state
+            self.cgroups = mount_private_cgroups()
         for spec in self.s.guests:
             self._attach(spec, loop)
         if self.s.lan_iface:
@@ -972,7 +975,8 @@ async def serve(settings: ForwarderSettings, bus: BusClient | None, stop: asynci
         heart = asyncio.get_running_loop().create_task(bus.heartbeats(extra))
     print(ready_line(fwd), flush=True)
     sys.stdout.flush()
-    fwd.log.info("forwarder running", listen=settings.listen, proxy=settings.is_proxy)
+    fwd.log.info("forwarder running", listen=settings.listen, proxy=settings.is_proxy,
+                 cgroups=fwd.cgroups)
     try:
         await stop.wait()
     finally:

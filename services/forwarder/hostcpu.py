@@ -9,11 +9,15 @@ The planner treats a host whose limit binds as a loaded host.
 
 cgroup v1 (``cpu`` controller: cpu.cfs_quota_us, cpu.cfs_period_us,
 cpu.stat) and v2 (cpu.max, cpu.stat) are both read; anything missing or
-unreadable gives no limit, never an error.
+unreadable gives no limit, never an error. A forwarder started by `ip netns
+exec` (a fresh sysfs, no cgroup files) mounts them privately first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +75,39 @@ def read_limit(proc_cgroup: Path = Path("/proc/self/cgroup"),
                      and int(parts[1]) else 0.0)
             return CpuLimit(directory, quota, *_stat(directory))
     return None
+
+
+def mount_private_cgroups(root: Path = CGROUP_ROOT) -> str:
+    """Make the cgroup files readable where a fresh sysfs hid them; what was done.
+
+    `ip netns exec` gives the process its own mount namespace with a new sysfs,
+    in which /sys/fs/cgroup is empty. There (only there: it must be empty) the
+    cpu hierarchy is mounted again, privately: a tmpfs with cpu/ (cgroup v1), or
+    cgroup2 itself. Nothing reaches other mount namespaces (only a namespace the
+    parent does not share is touched); root only.
+    """
+    try:
+        if any(root.iterdir()):
+            return "present"
+        # Only in a mount namespace of our own (`ip netns exec` made it for us),
+        # never in one shared with the parent.
+        if os.readlink("/proc/self/ns/mnt") == os.readlink(f"/proc/{os.getppid()}/ns/mnt"):
+            return "absent"
+    except OSError:
+        return "unreadable"
+
+    def mount(*argv: str) -> bool:
+        return subprocess.run(["mount", *argv], capture_output=True).returncode == 0
+
+    if mount("-t", "tmpfs", "-o", "size=64k", "vnet-cgroup", str(root)):
+        cpu = root / "cpu"
+        with contextlib.suppress(OSError):
+            cpu.mkdir()
+        if mount("-t", "cgroup", "-o", "cpu", "vnet-cgroup-cpu", str(cpu)):
+            return "mounted v1 cpu"
+        if subprocess.run(["umount", str(root)], capture_output=True).returncode != 0:
+            return "failed"
+    return "mounted v2" if mount("-t", "cgroup2", "vnet-cgroup2", str(root)) else "failed"
 
 
 class CpuWatch:

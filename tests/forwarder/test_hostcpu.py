@@ -55,11 +55,16 @@ def test_v2_max_and_no_limit_at_all(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0 or not (V1 / "cpu.cfs_quota_us").exists(),
                     reason="needs root and the cgroup-v1 cpu controller")
-def test_a_process_under_a_busy_quota_sees_the_limit_bind(tmp_path: Path) -> None:
-    """A real cgroup with 0.2 of a core and a busy loop: a process put there reads the
-    quota and, over an interval, a throttled share near 1."""
+def test_a_process_in_a_netns_under_a_busy_quota_sees_the_limit_bind(tmp_path: Path) -> None:
+    """A real cgroup with 0.2 of a core and a busy loop, and a probe started as the
+    testbed starts forwarders (`ip netns exec`, whose fresh sysfs hides the cgroup
+    files): it mounts them privately, reads the quota and, over an interval, a
+    throttled share near 1. The host's mounts are left as they were."""
     box = V1 / f"vnet-test-hostcpu-{os.getpid()}"
+    netns = f"vnet-test-hostcpu-{os.getpid()}"
     box.mkdir()
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    mounts_before = Path("/proc/self/mounts").read_text().count("vnet-cgroup")
     busy = None
     probe = None
     try:
@@ -67,18 +72,22 @@ def test_a_process_under_a_busy_quota_sees_the_limit_bind(tmp_path: Path) -> Non
         (box / "cpu.cfs_quota_us").write_text("20000")
         busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         (box / "cgroup.procs").write_text(str(busy.pid))
-        code = ("import sys, time\nfrom services.forwarder.hostcpu import CpuWatch\n"
-                "w = CpuWatch(); sys.stdin.readline(); w.sample(); time.sleep(1.0)\n"
-                "c = w.sample(); print(c.quota_cores, c.throttled_share)\n")
-        probe = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True,
+        code = ("import sys, time\n"
+                "from services.forwarder.hostcpu import CpuWatch, mount_private_cgroups\n"
+                "how = mount_private_cgroups(); w = CpuWatch(); sys.stdin.readline()\n"
+                "w.sample(); time.sleep(1.0)\n"
+                "c = w.sample(); print(how.replace(' ', '_'), c.quota_cores, c.throttled_share)\n")
+        probe = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", code],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                  cwd=Path(__file__).resolve().parents[2])
+        time.sleep(0.5)  # ip execs python: the pid is the probe's
         (box / "cgroup.procs").write_text(str(probe.pid))
-        time.sleep(0.2)
         out, _ = probe.communicate("go\n", timeout=30)
-        quota, share = (float(x) for x in out.split())
-        assert quota == pytest.approx(0.2)
-        assert share > 0.5, f"throttled share {share}"
+        how, quota, share = out.split()
+        assert how == "mounted_v1_cpu"
+        assert float(quota) == pytest.approx(0.2)
+        assert float(share) > 0.5, f"throttled share {share}"
+        assert Path("/proc/self/mounts").read_text().count("vnet-cgroup") == mounts_before
     finally:
         for p in (busy, probe):
             if p is not None and p.poll() is None:
@@ -87,3 +96,4 @@ def test_a_process_under_a_busy_quota_sees_the_limit_bind(tmp_path: Path) -> Non
         for line in (box / "cgroup.procs").read_text().split():
             (V1 / "cgroup.procs").write_text(line)
         box.rmdir()
+        subprocess.run(["ip", "netns", "del", netns], check=False)
