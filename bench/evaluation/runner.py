@@ -48,7 +48,7 @@ class Timing:
     """How long each phase goes (seconds)."""
 
     before_s: float = 5.0      # adaptive runs: the workload alone first (no adaptation)
-    adaptive_s: float = 28.0   # then vnet adapts; the final throughput is its last FINAL_S
+    adaptive_s: float = 40.0   # then vnet adapts; the final throughput is its last FINAL_S
     oracle_s: float = 18.0     # a static placement with every direct link
     sweep_settle_s: float = 3.0
     sweep_window_s: float = 8.0
