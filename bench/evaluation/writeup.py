@@ -26,8 +26,8 @@ METHOD = """\
 - An adaptive run first runs the workload alone (its throughput is one sample of **none**), then
   starts the planner and migrator; times (t90) count from that start. The final throughput is
   the last 8 s of 40 s of adaptation (moves across a 20 Mbit/s WAN that the application
-  saturates take 15-25 s for two 16 MiB guests). t90 is the first time the 3-s moving throughput reaches
-  90% of that final figure.
+  saturates take 15-25 s for two 16 MiB guests). t90 is the first time the 3-s moving
+  throughput reaches 90% of that final figure.
 - **oracle**: every placement of the guests on hosts under the same capacity, reduced by
   symmetry (hosts of one site are interchangeable, and so are guests under the topology's
   automorphisms), ranked by a crossing-cost model (Σ 1/rate over topology edges between hosts);
