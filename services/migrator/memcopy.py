@@ -88,11 +88,14 @@ def _connect(host: str, port: int, within_s: float) -> socket.socket:
     SYN would otherwise wait out the kernel's backoff (1, 3, 7, 15, 31 s)."""
     deadline = time.monotonic() + within_s
     while True:
+        attempt = time.monotonic()
         try:
             conn = socket.create_connection((host, port), timeout=1.0)
         except OSError:
             if time.monotonic() >= deadline:
                 raise
+            # A refusal comes back at once: wait out the second, do not spin.
+            time.sleep(max(0.0, attempt + 1.0 - time.monotonic()))
             continue
         conn.settimeout(30.0)
         return conn
