@@ -75,10 +75,6 @@ class Scenario:
     def host_names(self) -> tuple[str, ...]:
         return tuple(h for h, _ in self.hosts)
 
-    @property
-    def is_web(self) -> bool:
-        return isinstance(self.workload, WebWorkload)
-
     def edges(self) -> frozenset[tuple[int, int]]:
         if isinstance(self.workload, WebWorkload):
             return WEB_EDGES

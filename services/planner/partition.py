@@ -226,7 +226,8 @@ def partition_placement(problem: Problem,
 
 
 def fewer_moves(problem: Problem, placement: IntArray, cost: FloatArray,
-                max_hosts: int = 128, tolerance: float = 0.03) -> IntArray:
+                max_hosts: int = 128, max_guests: int = 256,
+                tolerance: float = 0.03) -> IntArray:
     """Of placements that cost the same, the one with fewer moves: swap the guests
     of interchangeable hosts (same path costs to every other host, same slots)
     wherever that leaves more guests where they are (a start found a ring's
@@ -256,7 +257,7 @@ def fewer_moves(problem: Problem, placement: IntArray, cost: FloatArray,
                 swapped[on_x], swapped[on_y] = y, x
                 if problem.feasible(swapped):
                     out = swapped
-    if problem.n_guests > max_hosts * 2:
+    if problem.n_guests > max_guests:
         return out
     # Then guest by guest: a moved guest goes back home in exchange with a moved
     # guest placed there, when that costs next to nothing (a ring's far half lands

@@ -119,7 +119,7 @@ def test_the_planners_network_file_says_sites_and_wan_rates() -> None:
 
 def test_the_web_scenario_names_its_tiers_and_who_talks_to_whom() -> None:
     web = by_key("web")
-    assert web.is_web and web.edges() == WEB_EDGES
+    assert isinstance(web.workload, WebWorkload) and web.edges() == WEB_EDGES
     tiers = web.workload.guests if isinstance(web.workload, WebWorkload) else {}
     assert tiers == {"front": "g1", "app": "g2", "db": "g3", "img": "g4", "client": "g5"}
     # The image server starts on the loaded host, which offers it no slot.
