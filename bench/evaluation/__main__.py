@@ -56,12 +56,12 @@ def run_scenario(scn: Scenario, timing: Timing, logs: Path,
     if scn.sweep_links:
         progress(f"{scn.key}: links sweep")
         runs["sweep"] = measure(scn, "sweep", logs / f"{scn.key}-sweep", timing, progress)
-    for mode in ("overlay", "migration", "both"):
+    for mode in scn.modes:
         progress(f"{scn.key}: {mode}")
         m = measure(scn, mode, logs / f"{scn.key}-{mode}", timing, progress)
         runs[mode] = m
-        progress(f"{scn.key}: {mode}: before {m.before_it_s or 0:.1f} it/s, after"
-                 f" {m.final_it_s:.1f} it/s, t90 {m.t90_s} s, moves {len(m.migrations)},"
+        progress(f"{scn.key}: {mode}: {m.final_it_s:.1f} it/s, t90 {m.t90_s} s,"
+                 f" moves {len(m.migrations)},"
                  f" links {m.links_max}, errors {len(m.errors)}")
     out: dict[str, Any] = {
         "title": scn.title, "claim": scn.claim, "topology": scn.workload.topology,

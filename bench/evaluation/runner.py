@@ -47,8 +47,8 @@ FINAL_S = 8.0  # the final throughput: the last this many seconds of a run
 class Timing:
     """How long each phase goes (seconds)."""
 
-    before_s: float = 5.0      # adaptive runs: the workload alone first (no adaptation)
-    adaptive_s: float = 40.0   # then vnet adapts; the final throughput is its last FINAL_S
+    none_s: float = 12.0       # no adaptation: the star through the proxy
+    adaptive_s: float = 40.0   # vnet adapts from the workload's start; final = last FINAL_S
     oracle_s: float = 18.0     # a static placement with every direct link
     sweep_settle_s: float = 3.0
     sweep_window_s: float = 8.0
@@ -60,7 +60,6 @@ class Timing:
 class Measurement:
     mode: str
     placement: tuple[str, ...]
-    before_it_s: float | None = None  # adaptive runs: before vnet adapted
     final_it_s: float = 0.0
     t90_s: float | None = None
     timeline: list[tuple[float, float]] = field(default_factory=list)
@@ -73,7 +72,6 @@ class Measurement:
     def as_dict(self) -> dict[str, Any]:
         return {
             "mode": self.mode, "placement": list(self.placement),
-            "before_it_s": None if self.before_it_s is None else round(self.before_it_s, 3),
             "final_it_s": round(self.final_it_s, 3),
             "t90_s": self.t90_s, "timeline": [[t, round(r, 3)] for t, r in self.timeline],
             "errors": self.errors, "migrations": self.migrations, "links_max": self.links_max,
@@ -93,7 +91,7 @@ class Observer:
         self.points: dict[str, list[tuple[float, int]]] = {}
         self.done: set[str] = set()
         self.errors: list[str] = []
-        self.migrations: list[str] = []
+        self.migrations: list[tuple[str, float]] = []  # (guest from->to, when done)
         self.where: dict[str, str] = {}
         self.links_up: dict[str, set[str]] = {}
 
@@ -119,8 +117,7 @@ class Observer:
                 self.where[g.id] = p.host
         elif isinstance(p, pb.MigrationStatus):
             if p.phase == pb.MIGRATION_PHASE_DONE:
-                self.migrations.append(f"{p.guest_id} {p.from_host}->{p.to_host}"
-                                       f" at {now:.1f}s")
+                self.migrations.append((f"{p.guest_id} {p.from_host}->{p.to_host}", now))
             elif p.phase == pb.MIGRATION_PHASE_FAILED:
                 self.errors.append(f"migration of {p.guest_id} failed: {p.error}")
 
@@ -167,6 +164,8 @@ async def _drive(stack: Stack, scn: Scenario, mode: str, where: tuple[str, ...],
     await client.ready()
     if mode == "oracle":
         stack.start_planner()
+    elif mode in ADAPTIVE:
+        stack.start_adaptation()  # vnet runs, then the workload starts on it
     out = Measurement(mode, where)
     guests = list(scn.guests)
     try:
@@ -176,18 +175,11 @@ async def _drive(stack: Stack, scn: Scenario, mode: str, where: tuple[str, ...],
                 load.workers = app.pids
                 load.place(dict(zip(guests, where, strict=True)))
             await _until_reporting(obs, app.reporters, timing.connect_timeout_s)
-            t_start = time.monotonic() - obs.t0  # every worker is iterating
             if mode == "sweep":
                 await _sweep(stack, scn, obs, timing, progress, out)
-            elif mode in ADAPTIVE:
-                await _pump(obs, load, timing.before_s)
-                t_adapt = time.monotonic() - obs.t0
-                out.before_it_s = series.rate(obs.points, t_start, t_adapt)
-                stack.start_adaptation()
-                t_start = t_adapt
-                await _pump(obs, load, timing.adaptive_s)
             else:
-                await _pump(obs, load, timing.oracle_s if mode == "oracle" else timing.before_s)
+                await _pump(obs, load, {"oracle": timing.oracle_s, "none": timing.none_s}.get(
+                    mode, timing.adaptive_s))
             t_end = time.monotonic() - obs.t0
             out.errors += app.stop()
             await obs.pump(1.5)  # the workers' last reports
@@ -195,13 +187,15 @@ async def _drive(stack: Stack, scn: Scenario, mode: str, where: tuple[str, ...],
         client.close()
     out.errors += obs.errors
     out.errors += [f"{name} died" for name in stack.alive()]
-    out.migrations = obs.migrations
     out.links_max = max(out.links_max, obs.links())
     out.final_placement = {g: obs.where.get(g, "?") for g in guests}
     out.final_it_s = series.rate(obs.points, t_end - FINAL_S, t_end)
-    # Times count from the start of adaptation (from the workers' start when static).
+    # Times count from the workload's start, its first report (adaptive runs: vnet was
+    # adapting before; a worker reports once a second, so this is late by up to 1 s).
+    t_start = min((pts[0][0] for pts in obs.points.values() if pts), default=0.0)
     shifted = {g: [(t - t_start, i) for t, i in pts] for g, pts in obs.points.items()}
     out.timeline = series.timeline(shifted, 0.0, t_end - t_start)
+    out.migrations = [f"{what} at {t - t_start:.1f}s" for what, t in obs.migrations]
     out.t90_s = series.time_to_fraction(out.timeline, out.final_it_s)
     return out
 

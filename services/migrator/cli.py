@@ -35,7 +35,8 @@ def make_backend(args: argparse.Namespace) -> Backend:
         if not hosts:
             raise ValueError("the netns backend needs --netns-host HOST=NETNS[@IP] per host")
         return NetnsBackend(NetnsSettings(hosts=hosts, memory_bytes=int(args.memory_mb * 2**20),
-                                          copy_port=args.copy_port))
+                                          copy_port=args.copy_port,
+                                          copy_channels=args.copy_channels))
     if args.backend == "docker":
         dockerbe = importlib.import_module("services.migrator.dockerbe")
         segments = dict(dockerbe.DockerSettings.parse_segment(s) for s in args.docker_segment)
@@ -116,6 +117,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         " before each switch, so moves take as long as a VM's (default 0)")
     p.add_argument("--copy-port", type=int, default=7400,
                    help="netns backend: first TCP port for memory copies (default 7400)")
+    p.add_argument("--copy-channels", type=int, default=2,
+                   help="netns backend: TCP connections per memory copy, like QEMU's multifd"
+                        " channels (default %(default)s)")
     p.add_argument("--qemu-dir", default="",
                    help="qemu backend: the VM directories (DIR/<vm>/vm.json and one folder per"
                         " QEMU process with its sockets)")

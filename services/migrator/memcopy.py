@@ -5,13 +5,16 @@ takes as long as its memory takes to cross the link between the two hosts.
 `copy_memory` runs a receiver in the destination host's namespace and a sender
 in the source's, and streams the configured number of bytes over TCP between
 their underlay addresses, so a move's duration follows the real (shaped) link.
-Run as a module it is that sender or receiver.
+Like QEMU's multifd migration, the bytes may go over several TCP connections
+at once (``channels``), so a copy is not starved by the application's own
+flows on a link both share. Run as a module it is that sender or receiver.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import selectors
 import socket
 import sys
 import time
@@ -27,19 +30,23 @@ async def _line(stream: asyncio.StreamReader | None, timeout: float) -> str:
 
 
 async def copy_memory(src_netns: str, dst_netns: str, dst_ip: str, port: int, nbytes: int,
-                      on_progress: Callable[[int], None], timeout: float = 600.0) -> int:
-    """Stream nbytes from src_netns to dst_ip:port in dst_netns; the bytes received."""
+                      on_progress: Callable[[int], None], timeout: float = 600.0,
+                      channels: int = 1) -> int:
+    """Stream nbytes from src_netns to dst_ip:port in dst_netns over channels TCP
+    connections; the bytes received."""
     me = [sys.executable, "-m", "services.migrator.memcopy"]
+    chan = ["--channels", str(channels)]
     recv = await asyncio.create_subprocess_exec(
         "ip", "netns", "exec", dst_netns, *me, "recv", "--listen", f"{dst_ip}:{port}",
-        "--bytes", str(nbytes), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        "--bytes", str(nbytes), *chan, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
     send: asyncio.subprocess.Process | None = None
     try:
         if await _line(recv.stdout, 30.0) != "ready":
             raise OSError(f"memory receiver in {dst_netns} did not start")
         send = await asyncio.create_subprocess_exec(
             "ip", "netns", "exec", src_netns, *me, "send", "--to", f"{dst_ip}:{port}",
-            "--bytes", str(nbytes), stdout=asyncio.subprocess.PIPE,
+            "--bytes", str(nbytes), *chan, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while True:
@@ -66,21 +73,38 @@ async def copy_memory(src_netns: str, dst_netns: str, dst_ip: str, port: int, nb
                 await proc.wait()
 
 
-def _recv(listen: str, nbytes: int) -> int:
+def _recv(listen: str, nbytes: int, channels: int = 1) -> int:
     host, _, port = listen.rpartition(":")
-    with socket.create_server((host, int(port))) as server:
+    got = 0
+    with socket.create_server((host, int(port)), backlog=channels) as server, \
+            selectors.DefaultSelector() as sel:
         print("ready", flush=True)
-        conn, _ = server.accept()
-        with conn:
-            got = 0
+        conns = []
+        try:
+            for _ in range(channels):
+                conn, _ = server.accept()
+                conns.append(conn)
+                sel.register(conn, selectors.EVENT_READ)
             buf = bytearray(CHUNK)
-            while got < nbytes:
-                n = conn.recv_into(buf)
-                if n == 0:
-                    break
-                got += n
+            open_ = len(conns)
+            while got < nbytes and open_:
+                for key, _ in sel.select(timeout=30.0) or _stalled():
+                    conn = key.fileobj
+                    assert isinstance(conn, socket.socket)
+                    n = conn.recv_into(buf)
+                    if n == 0:
+                        sel.unregister(conn)
+                        open_ -= 1
+                    got += n
+        finally:
+            for conn in conns:
+                conn.close()
     print(f"received {got}", flush=True)
     return 0 if got == nbytes else 1
+
+
+def _stalled() -> list[tuple[selectors.SelectorKey, int]]:
+    raise TimeoutError("no byte for 30 s on any channel")
 
 
 def _connect(host: str, port: int, within_s: float) -> socket.socket:
@@ -101,20 +125,39 @@ def _connect(host: str, port: int, within_s: float) -> socket.socket:
         return conn
 
 
-def _send(to: str, nbytes: int) -> int:
+def _send(to: str, nbytes: int, channels: int = 1) -> int:
+    """Split nbytes over channels connections and keep each one's send buffer full."""
     host, _, port = to.rpartition(":")
-    chunk = bytes(CHUNK)
+    chunk = memoryview(bytes(CHUNK))
+    left: dict[socket.socket, int] = {}
     sent = 0
     last = 0.0
-    with _connect(host, int(port), CONNECT_S) as conn:
-        while sent < nbytes:
-            n = min(CHUNK, nbytes - sent)
-            conn.sendall(chunk[:n])
-            sent += n
-            now = time.monotonic()
-            if now - last >= 0.1:
-                print(f"sent {sent}", flush=True)
-                last = now
+    with selectors.DefaultSelector() as sel:
+        try:
+            for i in range(channels):
+                conn = _connect(host, int(port), CONNECT_S)
+                conn.setblocking(False)
+                left[conn] = nbytes // channels + (nbytes % channels if i == 0 else 0)
+                sel.register(conn, selectors.EVENT_WRITE)
+            while sent < nbytes:
+                for key, _ in sel.select(timeout=30.0) or _stalled():
+                    conn = key.fileobj
+                    assert isinstance(conn, socket.socket)
+                    try:
+                        n = conn.send(chunk[:min(CHUNK, left[conn])])
+                    except BlockingIOError:
+                        continue
+                    left[conn] -= n
+                    sent += n
+                    if not left[conn]:
+                        sel.unregister(conn)
+                now = time.monotonic()
+                if now - last >= 0.1:
+                    print(f"sent {sent}", flush=True)
+                    last = now
+        finally:
+            for conn in left:
+                conn.close()
     print(f"sent {sent}", flush=True)
     return 0
 
@@ -125,8 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--listen", default="")
     p.add_argument("--to", default="")
     p.add_argument("--bytes", type=int, required=True)
+    p.add_argument("--channels", type=int, default=1)
     args = p.parse_args(argv)
-    return _recv(args.listen, args.bytes) if args.role == "recv" else _send(args.to, args.bytes)
+    if args.channels < 1:
+        p.error("--channels must be at least 1")
+    if args.role == "recv":
+        return _recv(args.listen, args.bytes, args.channels)
+    return _send(args.to, args.bytes, args.channels)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ class NetnsSettings:
     hosts: dict[str, NetnsHost]
     memory_bytes: int = 0  # charge each move this much copying across the underlay
     copy_port: int = 7400  # first TCP port for memory copies (one per concurrent move)
+    copy_channels: int = 2  # TCP connections per copy, as QEMU's multifd default
     attach_timeout_s: float = 5.0
     live_timeout_s: float = 5.0
 
@@ -107,7 +108,8 @@ class NetnsBackend:
                              bytes_moved=n)
             try:
                 moved = await copy_memory(src.netns, dst.netns, dst.underlay_ip,
-                                          next(self._ports), total, on_progress)
+                                          next(self._ports), total, on_progress,
+                                          channels=self.s.copy_channels)
             except (OSError, TimeoutError) as exc:
                 return await self._abort(move, ctl, f"memory copy failed: {exc}")
         ctl.phase("switch")

@@ -56,6 +56,7 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
     return ServiceSettings(
         algorithm=args.algorithm, republish_s=args.republish_s,
         min_interval_s=args.min_interval_s, settle_s=args.settle_s,
+        replan_traffic_change=args.replan_traffic_change,
         plan=PlanSettings(constraint=constraint, stability=stability), inputs=inputs,
     )
 
@@ -129,6 +130,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--settle-s", type=float, default=d_service.settle_s,
                    help="after start, listen this long before the first plan, so every"
                         " forwarder's state is in (default %(default)s)")
+    p.add_argument("--replan-traffic-change", type=float,
+                   default=d_service.replan_traffic_change,
+                   help="plan again when the traffic moved this far from what the last plan"
+                        " saw (sum of |rate changes| / total); 0: only on topology changes"
+                        " (default %(default)s)")
     p.add_argument("--horizon-s", type=float, default=d_stab.horizon_s,
                    help="a move's gain counts over this long (default %(default)s)")
     p.add_argument("--margin", type=float, default=d_stab.margin,

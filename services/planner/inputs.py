@@ -132,6 +132,11 @@ class WorldView:
         self.src, self.dst, self.rate = src, dst, rate
         self.change_id = change.change_id
 
+    def traffic(self) -> dict[tuple[str, str], float]:
+        """The traffic in view, by (source, destination) node name."""
+        return {(self.nodes[s], self.nodes[d]): r
+                for s, d, r in zip(self.src, self.dst, self.rate, strict=True)}
+
     def cpu_share(self, host: str, settings: InputSettings) -> float | None:
         """A loaded host's share of its CPU: the operator's word (the network file),
         or the quota its forwarder finds binding (throttled in at least

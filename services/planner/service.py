@@ -40,7 +40,7 @@ from services.planner.stability import MoveHistory
 
 Outgoing = tuple[str, Message]
 SUBSCRIPTIONS = (topics.TOPOLOGY_CHANGE, topics.TRAFFIC_MATRIX, topics.LINKS + ".",
-                 topics.STATE + ".")
+                 topics.STATE + ".", topics.MIGRATION + ".")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,17 @@ class ServiceSettings:
     # their state every second by default, and a plan from a partial view
     # would take down the fast-path links of the hosts not heard from yet.
     settle_s: float = 3.0
+    # Plan again, with no topology change, when the traffic moved this far
+    # (relative L1 distance of the per-pair rates) from what the last plan saw:
+    # a change is reported as soon as its shape is clear, often while the
+    # application is still ramping up, and a move that did not pay at the
+    # first rates may pay at the steady ones. 0: plan on topology changes only.
+    replan_traffic_change: float = 0.5
+    # No plan while this planner's moves are under way: the forwarders still
+    # show the old placement, and a plan from it could send the other guests
+    # the mirror way. A move not seen done (state, or migration.failed) within
+    # this long no longer holds planning back.
+    move_timeout_s: float = 120.0
     # A plan larger than this is trimmed (desired states, then unmoved guests) to
     # pass the bus's message limit, with room for the envelope.
     max_plan_bytes: int = DEFAULT_MAX_MESSAGE_BYTES - 4096
@@ -77,6 +88,8 @@ class PlannerCore:
     # inference process. The one in the view, and the one last planned.
     taken_change: tuple[str, int, int] | None = None
     planned_change: tuple[str, int, int] | None = None
+    planned_traffic: dict[tuple[str, str], float] = field(default_factory=dict)
+    moving: dict[str, tuple[str, float]] = field(default_factory=dict)  # guest -> (to, since)
 
     def __post_init__(self) -> None:
         self.log = buslog.get(component="planner")
@@ -86,6 +99,9 @@ class PlannerCore:
             if msg.kind == "forwarder_state":
                 assert isinstance(msg.payload, pb.ForwarderState)
                 self.view.on_state(msg.payload)
+                for g in msg.payload.guests:
+                    if self.moving.get(g.id, ("",))[0] == msg.payload.host:
+                        del self.moving[g.id]
                 self.generation = max(self.generation, msg.payload.generation)
             elif msg.kind == "link_measurements":
                 assert isinstance(msg.payload, pb.LinkMeasurements)
@@ -93,6 +109,11 @@ class PlannerCore:
             elif msg.kind == "traffic_matrix":
                 assert isinstance(msg.payload, pb.TrafficMatrix)
                 self.view.on_matrix(msg.payload)
+                self._check_traffic()
+            elif msg.kind == "migration_status":
+                assert isinstance(msg.payload, pb.MigrationStatus)
+                if msg.payload.phase == pb.MIGRATION_PHASE_FAILED:
+                    self.moving.pop(msg.payload.guest_id, None)
             elif msg.kind == "topology_change":
                 assert isinstance(msg.payload, pb.TopologyChange)
                 key = (msg.source, msg.instance, msg.payload.change_id)
@@ -114,12 +135,20 @@ class PlannerCore:
         self.counters.inc("in_" + msg.kind)
         return self.tick(now)
 
+    def _check_traffic(self) -> None:
+        limit = self.settings.replan_traffic_change
+        if limit <= 0 or self.last is None or self.pending_change:
+            return
+        if traffic_distance(self.planned_traffic, self.view.traffic()) > limit:
+            self.counters.inc("replans_traffic")
+            self.pending_change = True
+
     def tick(self, now: float) -> list[Outgoing]:
         if self.started_at is None:
             self.started_at = now
         out: list[Outgoing] = []
         if self.pending_change and now - self.planned_at >= self.settings.min_interval_s and (
-                now - self.started_at >= self.settings.settle_s):
+                now - self.started_at >= self.settings.settle_s) and not self._moving(now):
             self.pending_change = False
             self.planned_at = now
             out += self._plan(now)
@@ -129,10 +158,22 @@ class PlannerCore:
             self.counters.inc("republished")
         return out
 
+    def _moving(self, now: float) -> bool:
+        """Are moves of the last plans still under way (and not timed out)?"""
+        for guest, (_, since) in list(self.moving.items()):
+            if now - since > self.settings.move_timeout_s:
+                self.counters.inc("moves_timed_out")
+                self.log.warning("move not seen done; planning again", guest=guest)
+                del self.moving[guest]
+        return bool(self.moving)
+
     def next_deadline(self, now: float) -> float:
         """Seconds until tick has something to do (for the shell's wait)."""
         waits = [self.settings.republish_s - (now - self.published_at)] if self.last else []
-        if self.pending_change:
+        if self.pending_change and self.moving:  # a state or status wakes it before
+            waits.append(min(since + self.settings.move_timeout_s - now
+                             for _, since in self.moving.values()))
+        elif self.pending_change:
             listened = 0.0 if self.started_at is None else now - self.started_at
             waits.append(max(self.settings.min_interval_s - (now - self.planned_at),
                              self.settings.settle_s - listened))
@@ -156,6 +197,9 @@ class PlannerCore:
             return []
         self._fit(outcome.plan)
         self.planned_change = self.taken_change
+        self.planned_traffic = self.view.traffic()
+        for m in outcome.plan.migrations:
+            self.moving[m.guest_id] = (m.to_host, now)
         self.plan_id += 1
         self.generation += 1
         self.last = outcome
@@ -229,3 +273,12 @@ async def serve(bus: BusSettings, host: str, settings: ServiceSettings) -> None:
             beats.cancel()
             stopping.cancel()
     log.info("planner stopped", **core.counters.snapshot())
+
+
+def traffic_distance(a: dict[tuple[str, str], float], b: dict[tuple[str, str], float]) -> float:
+    """How far two traffic matrices are apart: sum of |rate differences| over the larger
+    total (0: same; 1: disjoint, or one silent and the other not; 2 at most)."""
+    total = max(sum(a.values()), sum(b.values()))
+    if total <= 0:
+        return 0.0
+    return sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in a.keys() | b.keys()) / total

@@ -12,12 +12,12 @@ from google.protobuf.message import Message
 from services.bus.envelope import BusMessage, payload_field
 from services.bus.pb import vnet_pb2 as pb
 from services.planner import estimate, registry
-from services.planner.combine import make_plan
+from services.planner.combine import PlanSettings, make_plan
 from services.planner.inputs import InputSettings, WorldView
 from services.planner.model import InputError
 from services.planner.network import NetworkHints
 from services.planner.service import PlannerCore, ServiceSettings
-from services.planner.stability import MoveHistory
+from services.planner.stability import MoveHistory, StabilitySettings
 from tests.planner import world
 
 
@@ -257,6 +257,66 @@ class TestCore:
         assert core.counters["plan_failed"] == 1
         assert core.last is not None and core.last.plan.plan_id == 1
         assert next(t for t, _ in core.tick(20.0)) == "plan"
+
+    def test_traffic_far_from_what_the_last_plan_saw_is_planned_again(self) -> None:
+        core = self.core()
+        self.feed(core)
+        assert core.on_message(message("topology.change", world.change()), 1.0)
+        same = pb.TrafficMatrix(nodes=["a", "b", "c", "d"],
+                                values=[0, 5e7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2.6e7, 0, 0, 0, 0])
+        assert core.on_message(message("traffic.matrix", same, 2), 4.0) == []
+        grown = pb.TrafficMatrix(nodes=["a", "b", "c", "d"],
+                                 values=[0, 2e8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2.5e7, 0, 0, 0, 0])
+        out = core.on_message(message("traffic.matrix", grown, 3), 5.0)
+        assert [t for t, _ in out][:1] == ["plan"]
+        assert core.counters["replans_traffic"] == 1 and core.counters["plans"] == 2
+        # Measured against the traffic of the newest plan: the same again is no change.
+        assert core.on_message(message("traffic.matrix", grown, 4), 8.0) == []
+
+    def test_with_no_traffic_threshold_only_changes_are_planned(self) -> None:
+        settings = ServiceSettings(algorithm="noop", min_interval_s=0.0, settle_s=0.0,
+                                   replan_traffic_change=0.0)
+        core = PlannerCore(settings, registry.load("noop"))
+        self.feed(core)
+        assert core.on_message(message("topology.change", world.change()), 1.0)
+        grown = pb.TrafficMatrix(nodes=["a", "b"], values=[0, 9e9, 0, 0])
+        assert core.on_message(message("traffic.matrix", grown, 2), 5.0) == []
+
+    def moving_core(self) -> tuple[PlannerCore, pb.Plan]:
+        settings = ServiceSettings(
+            algorithm="partition", min_interval_s=0.0, settle_s=0.0, move_timeout_s=60.0,
+            plan=PlanSettings(stability=StabilitySettings(enabled=False)))
+        core = PlannerCore(settings, registry.load("partition"))
+        self.feed(core)
+        plan = core.on_message(message("topology.change", world.change()), 1.0)[0][1]
+        assert isinstance(plan, pb.Plan) and len(plan.migrations) == 2  # a-b and c-d meet
+        return core, plan
+
+    def test_no_plan_while_its_moves_are_under_way(self) -> None:
+        core, plan = self.moving_core()
+        assert core.on_message(message("topology.change", world.change(2), 2), 2.0) == []
+        core.tick(30.0)  # the plan is republished, no new one is made
+        assert core.counters["plans"] == 1 and core.counters["republished"] >= 1
+        # The states show the moves done: the change waiting is planned.
+        where = {m.guest_id: m.to_host for m in plan.migrations}
+        h1 = sorted([g for g in "ac" if g not in where] + [g for g, h in where.items()
+                                                          if h == "h1"])
+        h2 = sorted(set("abcd") - set(h1))
+        core.on_message(message("state.h1", world.state("h1", h1, 7), 10), 31.0)
+        out = core.on_message(message("state.h2", world.state("h2", h2, 7), 11), 31.0)
+        assert [t for t, _ in out][:1] == ["plan"] and core.counters["plans"] == 2
+
+    def test_a_failed_or_silent_move_holds_planning_back_no_longer(self) -> None:
+        core, plan = self.moving_core()
+        first = plan.migrations[0]
+        failed = pb.MigrationStatus(guest_id=first.guest_id, to_host=first.to_host,
+                                    phase=pb.MIGRATION_PHASE_FAILED, error="copy failed")
+        core.on_message(message("migration.failed", failed, 2), 2.0)
+        assert core.on_message(message("topology.change", world.change(2), 3), 3.0) == []
+        core.tick(59.0)  # the other move is still within its time-out
+        assert core.counters["plans"] == 1
+        core.tick(61.5)
+        assert core.counters["plans"] == 2 and core.counters["moves_timed_out"] == 1
 
 
 def test_a_plan_too_big_for_the_bus_is_trimmed() -> None:
