@@ -84,16 +84,15 @@ def _recv(listen: str, nbytes: int, channels: int = 1) -> int:
             for _ in range(channels):
                 conn, _ = server.accept()
                 conns.append(conn)
-                sel.register(conn, selectors.EVENT_READ)
+                sel.register(conn, selectors.EVENT_READ, conn)
             buf = bytearray(CHUNK)
             open_ = len(conns)
             while got < nbytes and open_:
                 for key, _ in sel.select(timeout=30.0) or _stalled():
-                    conn = key.fileobj
-                    assert isinstance(conn, socket.socket)
-                    n = conn.recv_into(buf)
+                    ready: socket.socket = key.data
+                    n = ready.recv_into(buf)
                     if n == 0:
-                        sel.unregister(conn)
+                        sel.unregister(ready)
                         open_ -= 1
                     got += n
         finally:
@@ -138,19 +137,18 @@ def _send(to: str, nbytes: int, channels: int = 1) -> int:
                 conn = _connect(host, int(port), CONNECT_S)
                 conn.setblocking(False)
                 left[conn] = nbytes // channels + (nbytes % channels if i == 0 else 0)
-                sel.register(conn, selectors.EVENT_WRITE)
+                sel.register(conn, selectors.EVENT_WRITE, conn)
             while sent < nbytes:
                 for key, _ in sel.select(timeout=30.0) or _stalled():
-                    conn = key.fileobj
-                    assert isinstance(conn, socket.socket)
+                    ready: socket.socket = key.data
                     try:
-                        n = conn.send(chunk[:min(CHUNK, left[conn])])
+                        n = ready.send(chunk[:min(CHUNK, left[ready])])
                     except BlockingIOError:
                         continue
-                    left[conn] -= n
+                    left[ready] -= n
                     sent += n
-                    if not left[conn]:
-                        sel.unregister(conn)
+                    if not left[ready]:
+                        sel.unregister(ready)
                 now = time.monotonic()
                 if now - last >= 0.1:
                     print(f"sent {sent}", flush=True)
