@@ -56,7 +56,7 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
     return ServiceSettings(
         algorithm=args.algorithm, republish_s=args.republish_s,
         min_interval_s=args.min_interval_s, settle_s=args.settle_s,
-        replan_traffic_change=args.replan_traffic_change,
+        replan_traffic_change=args.replan_traffic_change, move_timeout_s=args.move_timeout_s,
         plan=PlanSettings(constraint=constraint, stability=stability), inputs=inputs,
     )
 
@@ -135,6 +135,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="plan again when the traffic moved this far from what the last plan"
                         " saw (sum of |rate changes| / total); 0: only on topology changes"
                         " (default %(default)s)")
+    p.add_argument("--move-timeout-s", type=float, default=d_service.move_timeout_s,
+                   help="no plan while this planner's moves are under way, for at most this"
+                        " long per move (default %(default)s)")
     p.add_argument("--horizon-s", type=float, default=d_stab.horizon_s,
                    help="a move's gain counts over this long (default %(default)s)")
     p.add_argument("--margin", type=float, default=d_stab.margin,
