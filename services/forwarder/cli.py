@@ -10,7 +10,6 @@ from services.bus import log as buslog
 from services.bus import settings as bus_settings
 from services.bus.client import BusClient
 from services.forwarder.config import ForwarderSettings, GuestSpec, parse_members
-from services.forwarder.spin import event_loop
 
 
 def _settings(args: argparse.Namespace) -> ForwarderSettings:
@@ -32,7 +31,6 @@ def _settings(args: argparse.Namespace) -> ForwarderSettings:
         counting=not args.no_counting,
         lan_iface=args.lan,
         capture_socket=args.capture_socket,
-        busy_poll_us=args.busy_poll_us,
     )
 
 
@@ -64,8 +62,7 @@ def _forwarder(args: argparse.Namespace) -> int:
             if bus is not None:
                 bus.close()
 
-    with asyncio.Runner(loop_factory=lambda: event_loop(settings.busy_poll_us / 1e6)) as runner:
-        return runner.run(main())
+    return asyncio.run(main())
 
 
 def _capture(args: argparse.Namespace) -> int:
@@ -164,10 +161,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--capture-socket", default="",
                    help="UNIX socket path where `vnet capture` can ask for a port's frames")
     p.add_argument("--netns", default="", help="enter this network namespace first")
-    p.add_argument("--busy-poll-us", type=float, default=0.0,
-                   help="after traffic, keep polling this many microseconds before sleeping:"
-                        " lower latency for request-response traffic, some CPU (default"
-                        " %(default)s)")
     p.add_argument("--no-bus", action="store_true", help="forward only; publish nothing")
     p.add_argument("--no-counting", action="store_true",
                    help="skip per-pair counting (benchmarks of its cost only)")

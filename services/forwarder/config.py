@@ -91,7 +91,6 @@ class ForwarderSettings:
     counting: bool = True  # count per (src, dst) pair; off only for benchmarks
     capture_socket: str = ""  # UNIX socket path `vnet capture` connects to; "" = none
     lan_iface: str = ""  # proxy only: bridge the overlay onto this interface (AF_PACKET)
-    busy_poll_us: float = 0.0  # keep polling this long after traffic before sleeping (spin.py)
 
     @property
     def max_frame(self) -> int:
@@ -113,8 +112,6 @@ class ForwarderSettings:
             raise ValueError("--lan bridges the overlay onto a LAN: only the proxy does that")
         if self.proxy_transport not in ("tcp", "tls", "udp"):
             raise ValueError(f"proxy transport {self.proxy_transport!r} must be tcp, tls or udp")
-        if not 0 <= self.busy_poll_us <= 100_000:
-            raise ValueError(f"busy poll {self.busy_poll_us} us must be in [0, 100000]")
         if not 0 < self.update_rate_hz <= 1000:
             raise ValueError(f"update rate {self.update_rate_hz} Hz must be in (0, 1000]")
         ids = [g.id for g in self.guests]
