@@ -40,16 +40,16 @@ from services.workloads.launch import PatternsRun, Workload
 from services.workloads.web import WebSite
 
 Progress = Callable[[str], None]
-FINAL_S = 8.0  # the final throughput: the last this many seconds of a run
+FINAL_S = 12.0  # the final throughput: the last this many seconds of a run
 
 
 @dataclass(frozen=True)
 class Timing:
     """How long each phase goes (seconds)."""
 
-    none_s: float = 12.0       # no adaptation: the star through the proxy
-    adaptive_s: float = 40.0   # vnet adapts from the workload's start; final = last FINAL_S
-    oracle_s: float = 18.0     # a static placement with every direct link
+    none_s: float = 14.0       # no adaptation: the star through the proxy
+    adaptive_s: float = 50.0   # vnet adapts from the workload's start; final = last FINAL_S
+    oracle_s: float = 22.0     # a static placement with every direct link
     sweep_settle_s: float = 3.0
     sweep_window_s: float = 8.0
     sweep_links_timeout_s: float = 14.0
