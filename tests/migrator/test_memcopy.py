@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -42,41 +44,39 @@ def test_connect_returns_a_blocking_socket_with_a_send_timeout() -> None:
             assert conn.gettimeout() == 30.0
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_the_bytes_arrive_whole_over_any_number_of_channels(channels: int) -> None:
+@contextlib.contextmanager
+def _receiver(nbytes: int, channels: int) -> Iterator[tuple[int, subprocess.Popen[str]]]:
+    """A memory receiver on loopback, ready; yields its port and process."""
     port = _closed_port()
-    nbytes = 5 * memcopy.CHUNK + 12345  # not a multiple of the channels or the chunk
     recv = subprocess.Popen(
         [sys.executable, "-m", "services.migrator.memcopy", "recv", "--listen",
          f"127.0.0.1:{port}", "--bytes", str(nbytes), "--channels", str(channels)],
         stdout=subprocess.PIPE, text=True)
+    assert recv.stdout is not None
     try:
-        assert recv.stdout is not None and recv.stdout.readline().strip() == "ready"
-        assert memcopy._send(f"127.0.0.1:{port}", nbytes, channels) == 0
-        assert recv.stdout.readline().strip() == f"received {nbytes}"
-        assert recv.wait(10) == 0
+        assert recv.stdout.readline().strip() == "ready"
+        yield port, recv
     finally:
         recv.kill()
         recv.wait()
-        assert recv.stdout is not None
         recv.stdout.close()
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_bytes_arrive_whole_over_any_number_of_channels(channels: int) -> None:
+    nbytes = 5 * memcopy.CHUNK + 12345  # not a multiple of the channels or the chunk
+    with _receiver(nbytes, channels) as (port, recv):
+        assert memcopy._send(f"127.0.0.1:{port}", nbytes, channels) == 0
+        assert recv.stdout is not None
+        assert recv.stdout.readline().strip() == f"received {nbytes}"
+        assert recv.wait(10) == 0
 
 
 def test_a_receiver_short_of_its_bytes_fails() -> None:
-    port = _closed_port()
-    recv = subprocess.Popen(
-        [sys.executable, "-m", "services.migrator.memcopy", "recv", "--listen",
-         f"127.0.0.1:{port}", "--bytes", "1000", "--channels", "2"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert recv.stdout is not None and recv.stdout.readline().strip() == "ready"
+    with _receiver(1000, 2) as (port, recv):
         for _ in range(2):
             with socket.create_connection(("127.0.0.1", port)) as c:
                 c.sendall(b"x" * 100)
+        assert recv.stdout is not None
         assert recv.stdout.readline().strip() == "received 200"
         assert recv.wait(10) == 1
-    finally:
-        recv.kill()
-        recv.wait()
-        assert recv.stdout is not None
-        recv.stdout.close()
