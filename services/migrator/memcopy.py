@@ -86,14 +86,12 @@ def _recv(listen: str, nbytes: int, channels: int = 1) -> int:
                 conns.append(conn)
                 sel.register(conn, selectors.EVENT_READ, conn)
             buf = bytearray(CHUNK)
-            open_ = len(conns)
-            while got < nbytes and open_:
+            while got < nbytes and sel.get_map():  # until every channel closed
                 for key, _ in sel.select(timeout=30.0) or _stalled():
                     ready: socket.socket = key.data
                     n = ready.recv_into(buf)
                     if n == 0:
                         sel.unregister(ready)
-                        open_ -= 1
                     got += n
         finally:
             for conn in conns:

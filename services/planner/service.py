@@ -277,7 +277,8 @@ async def serve(bus: BusSettings, host: str, settings: ServiceSettings) -> None:
 
 def traffic_distance(a: dict[tuple[str, str], float], b: dict[tuple[str, str], float]) -> float:
     """How far two traffic matrices are apart: sum of |rate differences| over the larger
-    total (0: same; 1: disjoint, or one silent and the other not; 2 at most)."""
+    total (0: the same; 1: one silent and the other not; 2, the most: disjoint pairs
+    with equal totals)."""
     total = max(sum(a.values()), sum(b.values()))
     if total <= 0:
         return 0.0
