@@ -10,6 +10,10 @@ The same two guests talk through each path in turn, in one run:
 - vxlan: a kernel VXLAN device in each host namespace, bridged to the guest;
 - tinc: tincd (switch mode, its default crypto) in each host namespace, its
   TAP bridged to the guest; config and keys in a temp dir, killed at the end;
+- python_floor: bench/relay_floor.py in each host namespace, the least a
+  Python forwarder can do (AF_PACKET with PACKET_VNET_HDR into one TCP
+  stream, asyncio add_reader, no rules, counting or checks): the figures
+  that show which part of vnet's cost is its code and which the language;
 - vnet_tcp / vnet_udp: one `vnet forwarder` per host (launch.py), the star
   link over TCP or UDP, counting on and publishing frames.<host> at 20 Hz to a
   broker with a subscriber (`vnet tail`, whose lines show the rate was kept);
@@ -42,6 +46,7 @@ import os
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -81,6 +86,7 @@ class ForwarderBenchSettings:
     rtt_per_hop_goal_ms: float = 0.25
     counting_cost_goal: float = 0.05  # share of throughput
     tinc_port: int = 6655
+    floor_port: int = 6656
     vxlan_id: int = 4242
 
 
@@ -340,6 +346,25 @@ def tinc_path(tb: Testbed, s: ForwarderBenchSettings) -> Iterator[None]:
 
 
 @contextmanager
+def floor_path(tb: Testbed, s: ForwarderBenchSettings) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """bench/relay_floor.py in each host namespace, the proxy's end listening."""
+    relay = str(Path(__file__).with_name("relay_floor.py"))
+    procs: list[subprocess.Popen[bytes]] = []
+    address = tb.underlay_ip(tb.guest(DST).host)
+    try:
+        for g, mode in ((DST, "listen"), (SRC, "connect")):
+            info = tb.guest(g)
+            procs.append(tb.popen(tb.host_netns(info.host),
+                                  [sys.executable, relay, info.host_ifname, mode, address,
+                                   str(s.floor_port)], stdin=subprocess.DEVNULL))
+            time.sleep(0.2)  # listening before the other end dials (it retries anyway)
+        yield procs
+    finally:
+        for proc in procs:
+            _stop(proc)
+
+
+@contextmanager
 def vnet_path(tb: Testbed, bus: BusSettings | None, extra: list[str], logs: Path,
               tag: str) -> Iterator[list[subprocess.Popen[bytes]]]:
     """One forwarder per host (launch.py), stopped at the end; yields their processes."""
@@ -464,6 +489,8 @@ def run(s: ForwarderBenchSettings, progress: Progress, logs: Path,
         "native": PathResult("both guests on one Linux bridge (namespace of its own)"),
         "vxlan": PathResult("kernel VXLAN between the host namespaces, bridged to the guests"),
         "tinc": PathResult("tinc 1.0 switch mode, default crypto, TAP bridged to the guests"),
+        "python_floor": PathResult("the least a Python forwarder does: bench/relay_floor.py,"
+                                   " AF_PACKET (vnet header) into one TCP stream"),
         "vnet_tcp": PathResult(f"vnet, star link over TCP, counting on, frames published at"
                                f" {s.update_rate_hz:g} Hz"),
         "vnet_udp": PathResult(f"vnet, star link over UDP, counting on, frames published at"
@@ -495,6 +522,11 @@ def run(s: ForwarderBenchSettings, progress: Progress, logs: Path,
                 with ctx():
                     _wait_ping(tb, s, name)
                     _measure(tb, s, paths[name], name, progress, s.runs_1, s.runs_4)
+            progress("python_floor: starting relays")
+            with floor_path(tb, s) as procs:
+                _wait_ping(tb, s, "python_floor")
+                _measure(tb, s, paths["python_floor"], "python_floor", progress, s.runs_1,
+                         s.runs_4, procs)
             udp = ["--proxy-transport", "udp"]
             on: tuple[str, list[str], bool] = ("vnet_tcp", counting, True)
             off: tuple[str, list[str], bool] = ("vnet_tcp_off", ["--no-counting"], False)
@@ -530,6 +562,7 @@ def main(progress: Progress) -> BenchOutput:
         paths, paired = run(s, progress, Path(logdir))
     native, tinc = paths["native"], paths["tinc"]
     tcp, udp, off = paths["vnet_tcp"], paths["vnet_udp"], paths["vnet_tcp_off"]
+    floor = paths["python_floor"]
     ratio = tcp.gbps_1 / native.gbps_1
     vs_tinc = tcp.gbps_1 / tinc.gbps_1
     added_tcp = (tcp.rtt_ms - native.rtt_ms) / HOPS
@@ -548,6 +581,8 @@ def main(progress: Progress) -> BenchOutput:
             "vnet_udp_vs_native_1": round(udp.gbps_1 / native.gbps_1, 3),
             "vnet_tcp_vs_vxlan_1": round(tcp.gbps_1 / paths["vxlan"].gbps_1, 3),
             "vnet_tcp_vs_tinc_1": round(vs_tinc, 3),
+            "python_floor_vs_native_1": round(floor.gbps_1 / native.gbps_1, 3),
+            "vnet_tcp_vs_python_floor_1": round(tcp.gbps_1 / floor.gbps_1, 3),
             "vnet_tcp_vs_tinc_4": round(tcp.gbps_4 / tinc.gbps_4, 3),
             # sessions one after another (drift-prone; the goal uses the paired runs)
             "sessions_vnet_tcp_vs_off_1": round(tcp.gbps_1 / off.gbps_1, 4),
@@ -555,7 +590,9 @@ def main(progress: Progress) -> BenchOutput:
         },
         "counting_20hz_cost_paired": paired,
         "rtt_added_per_hop_ms": {"vnet_tcp": round(added_tcp, 4),
-                                 "vnet_udp": round(added_udp, 4)},
+                                 "vnet_udp": round(added_udp, 4),
+                                 "python_floor": round((floor.rtt_ms - native.rtt_ms) / HOPS, 4),
+                                 "tinc": round((tinc.rtt_ms - native.rtt_ms) / HOPS, 4)},
         "chart": "forwarder_throughput.png",
     }
     goals = [

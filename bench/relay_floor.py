@@ -1,0 +1,130 @@
+"""The least a Python forwarder can do: one guest interface relayed over one TCP connection.
+
+A reference path for the forwarder benchmark, not part of vnet: AF_PACKET
+with PACKET_VNET_HDR (so GSO frames and partial checksums pass, as in vnet)
+into a length-prefixed TCP stream, one asyncio loop, `add_reader` callbacks,
+`recv_into` preallocated buffers, no rules, no counting, no bad-input
+checks. Whatever per-frame cost and wake-up latency it shows is the floor
+for any forwarder written in Python on the machine, and so tells what part
+of vnet's figures is its own code and what part is the language.
+
+Run inside a host namespace, one end listening, the other connecting:
+    python -m bench.relay_floor IFNAME listen|connect ADDR PORT
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import sys
+import time
+
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
+PACKET_VNET_HDR = 15
+PACKET_IGNORE_OUTGOING = 23
+ETH_P_ALL = 0x0003
+MAX_VFRAME = 65_536 + 64
+LENGTH = struct.Struct("!I")
+
+
+def packet_socket(ifname: str) -> socket.socket:
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+    sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+    sock.bind((ifname, ETH_P_ALL))
+    mreq = struct.pack("iHH8s", socket.if_nametoindex(ifname), PACKET_MR_PROMISC, 0, b"")
+    sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+    sock.setblocking(False)
+    return sock
+
+
+def tcp_socket(mode: str, addr: str, port: int, timeout_s: float = 20.0) -> socket.socket:
+    if mode == "listen":
+        with socket.socket() as listener:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((addr, port))
+            listener.listen(1)
+            sock, _ = listener.accept()
+    else:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                sock = socket.create_connection((addr, port), timeout=1.0)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setblocking(False)
+    return sock
+
+
+class Relay:
+    """Frames from the interface go out as [length][vframe]; the stream comes back in."""
+
+    def __init__(self, packet: socket.socket, tcp: socket.socket,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.packet, self.tcp, self.loop = packet, tcp, loop
+        self.out = bytearray(LENGTH.size + MAX_VFRAME)
+        self.out_view = memoryview(self.out)
+        self.inbuf = bytearray(4 << 20)
+        self.in_view = memoryview(self.inbuf)
+        self.have = 0
+
+    def on_packet(self) -> None:
+        while True:
+            try:
+                n = self.packet.recv_into(self.out_view[LENGTH.size:])
+            except BlockingIOError:
+                return
+            LENGTH.pack_into(self.out, 0, n)
+            self.tcp.settimeout(5.0)  # a reference, not a product: block rather than buffer
+            self.tcp.sendall(self.out_view[: LENGTH.size + n])
+            self.tcp.setblocking(False)
+
+    def on_stream(self) -> None:
+        try:
+            n = self.tcp.recv_into(self.in_view[self.have:])
+        except BlockingIOError:
+            return
+        if not n:
+            self.loop.stop()
+            return
+        self.have += n
+        off = 0
+        while self.have - off >= LENGTH.size:
+            (length,) = LENGTH.unpack_from(self.inbuf, off)
+            end = off + LENGTH.size + length
+            if end > self.have:
+                break
+            try:
+                self.packet.send(self.in_view[off + LENGTH.size: end])
+            except BlockingIOError:
+                pass  # the guest's queue is full: dropped, as a NIC would
+            off = end
+        if off:
+            self.inbuf[: self.have - off] = self.inbuf[off: self.have]
+            self.have -= off
+
+
+def main(argv: list[str]) -> int:
+    ifname, mode, addr, port = argv[0], argv[1], argv[2], int(argv[3])
+    packet = packet_socket(ifname)
+    tcp = tcp_socket(mode, addr, port)
+    loop = asyncio.new_event_loop()
+    relay = Relay(packet, tcp, loop)
+    loop.add_reader(packet.fileno(), relay.on_packet)
+    loop.add_reader(tcp.fileno(), relay.on_stream)
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
