@@ -15,6 +15,7 @@ Run inside a host namespace, one end listening, the other connecting:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import sys
@@ -101,10 +102,8 @@ class Relay:
             end = off + LENGTH.size + length
             if end > self.have:
                 break
-            try:
+            with contextlib.suppress(BlockingIOError):  # guest queue full: dropped, as by a NIC
                 self.packet.send(self.in_view[off + LENGTH.size: end])
-            except BlockingIOError:
-                pass  # the guest's queue is full: dropped, as a NIC would
             off = end
         if off:
             self.inbuf[: self.have - off] = self.inbuf[off: self.have]
