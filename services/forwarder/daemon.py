@@ -73,7 +73,8 @@ class Forwarder:
         self.guest_specs: dict[str, GuestSpec] = {g.id: g for g in settings.guests}
         self._announced: tuple[str, ...] | None = None  # MACs the proxy last heard
         self._watcher: LinkWatcher | None = None
-        self._state_wake = asyncio.Event()
+        # The publish loop's sleep, ended early when the state changes.
+        self._state_waiter: asyncio.Future[None] | None = None
         self.senders: list[Callable[[bytes], None]] = []
         self.generation = 0
         self.rule_messages: list[pb.Rule] = []
@@ -339,7 +340,9 @@ class Forwarder:
 
     def _mark_state(self) -> None:
         self._state_dirty = True
-        self._state_wake.set()
+        waiter = self._state_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _att_error(self, counter: str, detail: str) -> None:
         self.error(counter, detail)
@@ -842,11 +845,22 @@ class Forwarder:
                 self.publish_links_and_state(self.s.state_interval_s, periodic)
                 if periodic:
                     next_state = max(next_state + self.s.state_interval_s, now)
-            wait = max(0.0, min(next_frames, next_state) - loop.time())
-            with contextlib.suppress(TimeoutError):
-                # A changed state (a guest came or went) goes out at once.
-                await asyncio.wait_for(self._state_wake.wait(), wait)
-            self._state_wake.clear()
+            if not self._state_dirty:  # a changed state (a guest came or went) goes at once
+                await self._sleep_unless_state(max(0.0, min(next_frames, next_state)
+                                                   - loop.time()))
+
+    async def _sleep_unless_state(self, wait_s: float) -> None:
+        """Sleep, or less if the state changes: one future and one timer, where
+        wait_for on an Event costs a task and a cancellation at every tick (20 Hz)."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._state_waiter = waiter
+        timer = loop.call_later(wait_s, _set_done, waiter)
+        try:
+            await waiter
+        finally:
+            self._state_waiter = None
+            timer.cancel()
 
     async def _desired_loop(self) -> None:
         assert self.bus is not None
@@ -918,6 +932,11 @@ def guest_spec_of(g: pb.Guest) -> GuestSpec:
         raise ValueError(f"guest {g.id}: QEMU address {g.attachment!r} is not unix: or tcp:")
     return GuestSpec(id=g.id, mac=normalise_mac(g.mac), kind=kind, target=g.attachment,
                      ip=g.ip, standby=g.standby)
+
+
+def _set_done(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _tune(conn: StreamConn) -> None:
