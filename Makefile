@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages the tests, demo and benchmarks use.
 APT_PACKAGES := iproute2 iputils-ping iperf3 ethtool tcpdump procps openssl \
-	qemu-system-x86 busybox-static cpio tinc nginx postgresql wrk
+	qemu-system-x86 busybox-static cpio tinc nginx postgresql wrk gcc libc6-dev
 BENCH ?=
 
 VM_DIR := build/vm

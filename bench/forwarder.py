@@ -10,10 +10,12 @@ The same two guests talk through each path in turn, in one run:
 - vxlan: a kernel VXLAN device in each host namespace, bridged to the guest;
 - tinc: tincd (switch mode, its default crypto) in each host namespace, its
   TAP bridged to the guest; config and keys in a temp dir, killed at the end;
-- python_floor: bench/relay_floor.py in each host namespace, the least a
-  Python forwarder can do (AF_PACKET with PACKET_VNET_HDR into one TCP
-  stream, asyncio add_reader, no rules, counting or checks): the figures
-  that show which part of vnet's cost is its code and which the language;
+- python_floor / c_floor: bench/relay_floor.py, and the same relay in C
+  (bench/relay_floor.c, built here with cc), in each host namespace: the
+  least a forwarder of vnet's shape can do (AF_PACKET with PACKET_VNET_HDR
+  into one TCP stream, one event loop, no rules, counting or checks). They
+  tell which part of vnet's cost is its own code, which the language, and
+  which the design (user-space relaying over TCP);
 - vnet_tcp / vnet_udp: one `vnet forwarder` per host (launch.py), the star
   link over TCP or UDP, counting on and publishing frames.<host> at 20 Hz to a
   broker with a subscriber (`vnet tail`, whose lines show the rate was kept);
@@ -64,6 +66,7 @@ from services.testbed.spec import TestbedSpec
 from services.testbed.testbed import Testbed
 
 Progress = Callable[[str], None]
+BUILD_DIR = Path(__file__).resolve().parents[1] / "build" / "bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -78,7 +81,7 @@ class ForwarderBenchSettings:
     session_runs_1: int = 2  # vnet_tcp sessions (on, off, on), 1 4-stream run each
     cost_rounds: int = 4  # paired on/off rounds, roles swapped each round
     cost_runs: int = 2  # simultaneous iperf3 pairs per round
-    pings: int = 50
+    pings: int = 200  # RTT medians of 50 pings spread by 0.1-0.2 ms between runs here
     ping_interval_s: float = 0.01
     update_rate_hz: float = 20.0  # frames.<host> publishing while counting
     ready_timeout_s: float = 20.0  # a path must carry a ping within this
@@ -345,17 +348,31 @@ def tinc_path(tb: Testbed, s: ForwarderBenchSettings) -> Iterator[None]:
                                check=False)
 
 
+def floor_command(language: str) -> list[str]:
+    """The reference relay's command: the Python one, or the C one built first."""
+    source = Path(__file__).with_name("relay_floor.py" if language == "python" else "relay_floor.c")
+    if language == "python":
+        return [sys.executable, str(source)]
+    binary = BUILD_DIR / "relay_floor"
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["cc", "-O2", "-Wall", "-o", str(binary), str(source)],
+                       capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"building {source.name} failed: {r.stderr.strip()[-500:]}")
+    return [str(binary)]
+
+
 @contextmanager
-def floor_path(tb: Testbed, s: ForwarderBenchSettings) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """bench/relay_floor.py in each host namespace, the proxy's end listening."""
-    relay = str(Path(__file__).with_name("relay_floor.py"))
+def floor_path(tb: Testbed, s: ForwarderBenchSettings,
+               command: list[str]) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """A reference relay (floor_command) in each host namespace, the proxy's end listening."""
     procs: list[subprocess.Popen[bytes]] = []
     address = tb.underlay_ip(tb.guest(DST).host)
     try:
         for g, mode in ((DST, "listen"), (SRC, "connect")):
             info = tb.guest(g)
             procs.append(tb.popen(tb.host_netns(info.host),
-                                  [sys.executable, relay, info.host_ifname, mode, address,
+                                  [*command, info.host_ifname, mode, address,
                                    str(s.floor_port)], stdin=subprocess.DEVNULL))
             time.sleep(0.2)  # listening before the other end dials (it retries anyway)
         yield procs
@@ -491,6 +508,8 @@ def run(s: ForwarderBenchSettings, progress: Progress, logs: Path,
         "tinc": PathResult("tinc 1.0 switch mode, default crypto, TAP bridged to the guests"),
         "python_floor": PathResult("the least a Python forwarder does: bench/relay_floor.py,"
                                    " AF_PACKET (vnet header) into one TCP stream"),
+        "c_floor": PathResult("the same relay in C (bench/relay_floor.c): what a compiled"
+                              " data path of vnet's shape does"),
         "vnet_tcp": PathResult(f"vnet, star link over TCP, counting on, frames published at"
                                f" {s.update_rate_hz:g} Hz"),
         "vnet_udp": PathResult(f"vnet, star link over UDP, counting on, frames published at"
@@ -522,11 +541,12 @@ def run(s: ForwarderBenchSettings, progress: Progress, logs: Path,
                 with ctx():
                     _wait_ping(tb, s, name)
                     _measure(tb, s, paths[name], name, progress, s.runs_1, s.runs_4)
-            progress("python_floor: starting relays")
-            with floor_path(tb, s) as procs:
-                _wait_ping(tb, s, "python_floor")
-                _measure(tb, s, paths["python_floor"], "python_floor", progress, s.runs_1,
-                         s.runs_4, procs)
+            for language in ("python", "c"):
+                name = f"{language}_floor"
+                progress(f"{name}: starting relays")
+                with floor_path(tb, s, floor_command(language)) as procs:
+                    _wait_ping(tb, s, name)
+                    _measure(tb, s, paths[name], name, progress, s.runs_1, s.runs_4, procs)
             udp = ["--proxy-transport", "udp"]
             on: tuple[str, list[str], bool] = ("vnet_tcp", counting, True)
             off: tuple[str, list[str], bool] = ("vnet_tcp_off", ["--no-counting"], False)
@@ -562,7 +582,7 @@ def main(progress: Progress) -> BenchOutput:
         paths, paired = run(s, progress, Path(logdir))
     native, tinc = paths["native"], paths["tinc"]
     tcp, udp, off = paths["vnet_tcp"], paths["vnet_udp"], paths["vnet_tcp_off"]
-    floor = paths["python_floor"]
+    floor, c_floor = paths["python_floor"], paths["c_floor"]
     ratio = tcp.gbps_1 / native.gbps_1
     vs_tinc = tcp.gbps_1 / tinc.gbps_1
     added_tcp = (tcp.rtt_ms - native.rtt_ms) / HOPS
@@ -583,6 +603,7 @@ def main(progress: Progress) -> BenchOutput:
             "vnet_tcp_vs_tinc_1": round(vs_tinc, 3),
             "python_floor_vs_native_1": round(floor.gbps_1 / native.gbps_1, 3),
             "vnet_tcp_vs_python_floor_1": round(tcp.gbps_1 / floor.gbps_1, 3),
+            "c_floor_vs_native_1": round(c_floor.gbps_1 / native.gbps_1, 3),
             "vnet_tcp_vs_tinc_4": round(tcp.gbps_4 / tinc.gbps_4, 3),
             # sessions one after another (drift-prone; the goal uses the paired runs)
             "sessions_vnet_tcp_vs_off_1": round(tcp.gbps_1 / off.gbps_1, 4),
@@ -592,6 +613,7 @@ def main(progress: Progress) -> BenchOutput:
         "rtt_added_per_hop_ms": {"vnet_tcp": round(added_tcp, 4),
                                  "vnet_udp": round(added_udp, 4),
                                  "python_floor": round((floor.rtt_ms - native.rtt_ms) / HOPS, 4),
+                                 "c_floor": round((c_floor.rtt_ms - native.rtt_ms) / HOPS, 4),
                                  "tinc": round((tinc.rtt_ms - native.rtt_ms) / HOPS, 4)},
         "chart": "forwarder_throughput.png",
     }
