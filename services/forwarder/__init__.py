@@ -3,6 +3,7 @@
 Modules, pure core first:
   ethernet   14-byte header checks, MACs, virtio-net header (vframes), checksum completion
   framing    wire formats: overlay link messages (TCP/TLS/UDP) and QEMU's stream netdev
+  fragments  UDP links: a frame too large for a datagram cut into pieces and joined again
   core       ports, forwarding table, broadcast tree, the per-frame decision and counting
   counting   per (src MAC, dst MAC) frames/bytes, cut into publishing intervals
   linkstate  keepalive RTT, liveness, loss, throughput, reconnect backoff
@@ -23,11 +24,12 @@ Choices worth knowing:
   forwarder completes partial checksums in software before writing to QEMU,
   and drops (counts `gso_to_plain_sink`) a GSO frame bound for QEMU.
 - MTU: non-GSO frames longer than --mtu + 18 are dropped as oversized. TCP
-  links carry any frame (length-prefixed). UDP links send one frame per
-  datagram; the testbed's guest MTU of 1400 keeps plain frames inside a
-  1500-byte underlay, and GSO frames ride as large datagrams the underlay's IP
-  layer fragments; a datagram over 65507 bytes cannot be sent (counted as
-  `udp_send_error`). Prefer TCP links for bulk traffic.
+  links carry any frame (length-prefixed). UDP links send a frame that fits
+  --udp-datagram-max (1472: a 1500-byte underlay) as one datagram, and a
+  larger one (a GSO frame, a jumbo frame) as FRAGMENT pieces of that size
+  (fragments.py), all in one sendmsg with UDP_SEGMENT; the receiver reads a
+  whole batch with UDP_GRO and joins it. The underlay's IP layer never
+  fragments; a lost piece loses its frame (`udp_fragments_lost`).
 - One listener per forwarder: TCP and UDP on --listen's port, TLS on port+1.
   The star link is dialled by the non-proxy; a fast-path link by the host
   whose name sorts first; the other side accepts. The dialler's handshake

@@ -25,6 +25,7 @@ def _settings(args: argparse.Namespace) -> ForwarderSettings:
         state_interval_s=args.state_interval_s,
         keepalive_s=args.keepalive_s,
         mtu=args.mtu,
+        udp_datagram_max=args.udp_datagram_max,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_ca=args.tls_ca,
@@ -153,6 +154,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="link keepalive interval; a link is dead after 3 silent intervals")
     p.add_argument("--mtu", type=int, default=1500,
                    help="guest MTU: non-GSO frames longer than MTU+18 bytes are dropped")
+    p.add_argument("--udp-datagram-max", type=int, default=1472,
+                   help="UDP links: largest datagram payload the underlay carries unfragmented;"
+                        " larger frames go in pieces (1472 on a 1500-byte path)")
     p.add_argument("--tls-cert", default="", help="PEM cert (with key unless --tls-key)")
     p.add_argument("--tls-key", default="", help="PEM key for --tls-cert")
     p.add_argument("--tls-ca", default="", help="CA peers' certs must chain to (default: cert)")

@@ -88,6 +88,9 @@ class ForwarderSettings:
     tls_ca: str = ""  # CA (or the self-signed cert) peers must present
     handshake_s: float = 5.0  # connect + handshake deadline, both ways
     max_link_buffer: int = 8 << 20  # bytes queued per link before frames are dropped
+    # UDP links: the largest datagram payload the underlay carries unfragmented
+    # (1472 on a 1500-byte IPv4 path); larger vframes go as FRAGMENT pieces.
+    udp_datagram_max: int = 1472
     counting: bool = True  # count per (src, dst) pair; off only for benchmarks
     capture_socket: str = ""  # UNIX socket path `vnet capture` connects to; "" = none
     lan_iface: str = ""  # proxy only: bridge the overlay onto this interface (AF_PACKET)
@@ -114,6 +117,9 @@ class ForwarderSettings:
             raise ValueError(f"proxy transport {self.proxy_transport!r} must be tcp, tls or udp")
         if not 0 < self.update_rate_hz <= 1000:
             raise ValueError(f"update rate {self.update_rate_hz} Hz must be in (0, 1000]")
+        if not 1100 <= self.udp_datagram_max <= 65_507:
+            raise ValueError(f"UDP datagram size {self.udp_datagram_max} must be in"
+                             " [1100, 65507] (a 64 KB frame in at most 64 pieces)")
         ids = [g.id for g in self.guests]
         if len(set(ids)) != len(ids):
             raise ValueError(f"guest ids {ids} are not unique")

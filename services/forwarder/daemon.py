@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import ssl
 import sys
 import time
@@ -37,6 +38,7 @@ from services.forwarder.capture import CaptureConn
 from services.forwarder.config import ForwarderSettings, GuestSpec, parse_address
 from services.forwarder.core import ForwarderCore, PortKind
 from services.forwarder.ethernet import MAX_GSO_FRAME, MIN_VFRAME, VNET_HDR_LEN, normalise_mac
+from services.forwarder.fragments import Reassembler
 from services.forwarder.framing import Hello, MsgType
 from services.forwarder.hostcpu import CpuWatch, mount_private_cgroups
 from services.forwarder.links import Link, StreamConn, UdpEndpoint
@@ -46,7 +48,6 @@ _KIND = {"packet": pb.ATTACHMENT_PACKET, "tap": pb.ATTACHMENT_TAP,
          "qemu": pb.ATTACHMENT_QEMU_STREAM}
 LAN_PORT = "lan"
 _TRANSPORTS = {"tcp": pb.TRANSPORT_TCP, "tls": pb.TRANSPORT_TLS, "udp": pb.TRANSPORT_UDP}
-_FRAME_HDR = b"\x06"
 
 
 def _drop(_: bytes) -> None:
@@ -126,16 +127,19 @@ class Forwarder:
                 ssl=self._server_ssl, reuse_address=True,
             )
             self._servers.append(tls_server)
-        _, udp = await loop.create_datagram_endpoint(
-            lambda: UdpEndpoint(self), local_addr=(self.listen_host, self.listen_port)
-        )
-        self._udp = udp
+        udp_sock = socket.socket(socket.AF_INET6 if ":" in self.listen_host else socket.AF_INET,
+                                 socket.SOCK_DGRAM)
+        try:
+            udp_sock.bind((self.listen_host, self.listen_port))
+            big_buffers(udp_sock, 16 << 20)
+        except OSError:
+            udp_sock.close()
+            raise
+        self._udp = UdpEndpoint(self, udp_sock, self.s.udp_datagram_max)
+        self._udp.start(loop)
         if self.s.capture_socket:
             self._servers.append(await loop.create_unix_server(
                 lambda: CaptureConn(self), self.s.capture_socket))
-        sock = udp.transport.get_extra_info("socket") if udp.transport else None
-        if sock is not None:
-            big_buffers(sock, 16 << 20)
         if not self.s.is_proxy:
             star = pb.LinkSpec(
                 id=self.s.star_link_id, peer_address=self.s.proxy_address,
@@ -312,8 +316,8 @@ class Forwarder:
             return  # the next handshake carries the set
         body = framing.announce_body(macs)
         udp = self._udp
-        if link.udp and link.udp_addr is not None and udp is not None and udp.transport:
-            udp.transport.sendto(framing.datagram(MsgType.ANNOUNCE, body), link.udp_addr)
+        if link.udp and link.udp_addr is not None and udp is not None:
+            udp.sendto(framing.datagram(MsgType.ANNOUNCE, body), link.udp_addr)
         elif link.conn is not None:
             link.conn.write(framing.encode(MsgType.ANNOUNCE, body))
         else:
@@ -366,8 +370,9 @@ class Forwarder:
             conn.close()
         for server in self._servers:
             server.close()
-        if self._udp is not None and self._udp.transport is not None:
-            self._udp.transport.close()
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
         if self.s.capture_socket:
             with contextlib.suppress(OSError):
                 os.unlink(self.s.capture_socket)
@@ -467,11 +472,11 @@ class Forwarder:
 
         def send_udp(vf: bytes) -> None:
             udp = self._udp
-            if udp is None or udp.transport is None or link.udp_addr is None or not link.up:
+            if udp is None or link.udp_addr is None or not link.up:
                 stats.drops += 1
                 return
             try:
-                udp.transport.sendto(_FRAME_HDR + vf, link.udp_addr)
+                udp.send_frame(vf, link.udp_addr)
             except OSError as exc:
                 stats.drops += 1
                 self.error("udp_send_error", f"link {link.id}: {exc} ({len(vf)} bytes)")
@@ -702,11 +707,48 @@ class Forwarder:
         if not link.dialer and not link.star and link.id not in self.managed:
             self._remove_link(link.id)
 
+    def on_fragments(self, batch: memoryview, size: int, addr: tuple[str, int]) -> None:
+        """Datagrams the kernel coalesced (UDP_GRO), FRAGMENT pieces as a rule: joined
+        into vframes and routed as one batch; any other datagram goes on alone."""
+        link = self.udp_peers.get(addr)
+        if link is None or not link.up:
+            self.error("udp_unknown_peer", f"frame pieces from {addr[0]}:{addr[1]}, no link up")
+            return
+        r = link.reassembler
+        if r is None:
+            r = link.reassembler = Reassembler(VNET_HDR_LEN + MAX_GSO_FRAME)
+        lost = r.lost
+        frames: list[bytes] = []
+        for start in range(0, len(batch), size):
+            piece = batch[start: start + size]
+            if piece[0] != MsgType.FRAGMENT:
+                self.on_datagram(bytes(piece), addr)
+                continue
+            try:
+                whole = r.feed(piece[1:])
+            except framing.BadStream as exc:
+                self.error("udp_" + exc.reason, f"link {link.id}: {exc.detail}")
+                continue
+            if whole is not None:
+                frames.append(whole)
+        if r.lost != lost:
+            link.stats.drops += r.lost - lost
+            self.error("udp_fragments_lost", f"link {link.id}: a frame lost a piece on the way"
+                       f" ({r.lost} so far)")
+        if frames:
+            link.stats.rx_frames += len(frames)
+            link.stats.rx_bytes += sum(map(len, frames)) - VNET_HDR_LEN * len(frames)
+            link.stats.last_rx = self._clock
+            self.ingest(link.port, frames)
+
     def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None:
         try:
             kind, body = framing.decode_datagram(data)
         except framing.BadStream as exc:
             self.error("udp_" + exc.reason, f"garbage datagram from {addr}: {exc.detail}")
+            return
+        if kind == MsgType.FRAGMENT:  # a lone piece (no coalescing on the way)
+            self.on_fragments(memoryview(data), len(data), addr)
             return
         link = self.udp_peers.get(addr)
         if kind == MsgType.FRAME:
@@ -720,21 +762,21 @@ class Forwarder:
             return
         now = time.monotonic()
         udp = self._udp
-        assert udp is not None and udp.transport is not None
+        assert udp is not None
         try:
             if kind == MsgType.HELLO:
                 hello = Hello.decode(body)
                 admitted = self._admit(hello, pb.TRANSPORT_UDP)
                 if isinstance(admitted, str):
                     self.error("link_refused", admitted, peer=f"{addr[0]}:{addr[1]}")
-                    udp.transport.sendto(framing.datagram(MsgType.REFUSE, admitted.encode()), addr)
+                    udp.sendto(framing.datagram(MsgType.REFUSE, admitted.encode()), addr)
                     return
                 if admitted.udp_addr is not None and admitted.udp_addr != addr:
                     self.udp_peers.pop(admitted.udp_addr, None)
                 admitted.udp_addr = addr
                 admitted.peer_macs = hello.guest_macs
                 self.udp_peers[addr] = admitted
-                udp.transport.sendto(framing.datagram(MsgType.WELCOME, self.s.host.encode()), addr)
+                udp.sendto(framing.datagram(MsgType.WELCOME, self.s.host.encode()), addr)
                 self._set_up(admitted, True, now)
             elif link is None:
                 self.error("udp_unknown_peer", f"{MsgType(kind).name} from unknown {addr}")
@@ -746,7 +788,7 @@ class Forwarder:
                 self._on_announce(link, body)
             elif kind == MsgType.PING:
                 link.stats.on_receive(now)
-                udp.transport.sendto(framing.datagram(MsgType.PONG, body), addr)
+                udp.sendto(framing.datagram(MsgType.PONG, body), addr)
             elif kind == MsgType.PONG:
                 seq, _ = framing.parse_ping(body)
                 link.stats.on_pong(seq, now)
@@ -787,14 +829,14 @@ class Forwarder:
                 if seq is None:
                     continue
                 body = framing.ping_body(seq, now)
-                if link.udp and link.udp_addr is not None and udp and udp.transport:
-                    udp.transport.sendto(framing.datagram(MsgType.PING, body), link.udp_addr)
+                if link.udp and link.udp_addr is not None and udp:
+                    udp.sendto(framing.datagram(MsgType.PING, body), link.udp_addr)
                 elif link.conn is not None:
                     link.conn.write(framing.encode(MsgType.PING, body))
-            elif (link.udp and link.dialer and link.udp_addr and udp and udp.transport
+            elif (link.udp and link.dialer and link.udp_addr and udp
                   and now >= link.stats.next_ping_at):
                 link.stats.next_ping_at = now + min(self.s.keepalive_s, 0.2)
-                udp.transport.sendto(framing.datagram(MsgType.HELLO, self._hello(link).encode()),
+                udp.sendto(framing.datagram(MsgType.HELLO, self._hello(link).encode()),
                                      link.udp_addr)
 
     # ------------------------------------------------------------ bus
@@ -940,8 +982,6 @@ def _set_done(waiter: asyncio.Future[None]) -> None:
 
 
 def _tune(conn: StreamConn) -> None:
-    import socket
-
     if conn.transport is None:
         return
     sock = conn.transport.get_extra_info("socket")

@@ -35,10 +35,12 @@ class MsgType(IntEnum):
     PONG = 5     # echo of a PING, for RTT
     FRAME = 6    # a vframe
     ANNOUNCE = 7  # star dialer -> proxy: the guest MACs live here now (after a move)
+    FRAGMENT = 8  # UDP links: one piece of a vframe too large for a datagram (fragments.py)
 
 
 _TYPES = frozenset(int(t) for t in MsgType)
 _FRAME = int(MsgType.FRAME)
+_FRAGMENT = int(MsgType.FRAGMENT)
 
 
 class BadStream(ValueError):
@@ -199,7 +201,7 @@ def decode_datagram(data: bytes) -> tuple[int, bytes]:
     kind = data[0]
     if kind not in _TYPES:
         raise BadStream("bad_type", f"datagram type {kind} is unknown")
-    if kind == _FRAME:  # a view, not a 64 KB copy (bytes are immutable: always valid)
+    if kind in (_FRAME, _FRAGMENT):  # a view, not a copy (bytes are immutable)
         return kind, cast(bytes, memoryview(data)[1:])
     return kind, data[1:]
 

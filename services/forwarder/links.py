@@ -8,12 +8,16 @@ keepalives, frames).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
+import socket
+import sys
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import Protocol
 
 from services.bus.pb import vnet_pb2 as pb
-from services.forwarder import framing
+from services.forwarder import fragments, framing
 from services.forwarder.linkstate import Backoff, LinkStats
 
 
@@ -23,6 +27,7 @@ class LinkOwner(Protocol):
     def on_stream_error(self, conn: StreamConn, reason: str, detail: str) -> None: ...
     def on_stream_lost(self, conn: StreamConn) -> None: ...
     def on_datagram(self, data: bytes, addr: tuple[str, int]) -> None: ...
+    def on_fragments(self, batch: memoryview, size: int, addr: tuple[str, int]) -> None: ...
 
 
 _IOV_MAX = 1024
@@ -32,6 +37,15 @@ _FRAME = int(framing.MsgType.FRAME)
 # through 512 KB that stay in cache rather than a cold 1 MB.
 RECV_BUFFER = 512 << 10
 RECV_CHUNK = 128 << 10
+
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+_UDP_RECV = 65_535  # a datagram, or a batch the kernel coalesced (at most 64 KB)
+_GRO_CMSG = socket.CMSG_SPACE(4)
+_UDP_BATCH = 64
+_FRAME_BYTE = bytes((framing.MsgType.FRAME,))
+_FRAGMENT_KIND = int(framing.MsgType.FRAGMENT)
 
 
 class StreamConn(asyncio.BufferedProtocol):
@@ -157,21 +171,89 @@ class StreamConn(asyncio.BufferedProtocol):
             self.transport = None
 
 
-class UdpEndpoint(asyncio.DatagramProtocol):
-    """The forwarder's one UDP socket; every UDP link shares it."""
+class UdpEndpoint:
+    """The forwarder's one UDP socket; every UDP link shares it.
 
-    def __init__(self, owner: LinkOwner) -> None:
+    Its own reader, not an asyncio transport: recvmsg gives the segment size
+    of datagrams the kernel coalesced (UDP_GRO), so a batch of FRAGMENT
+    pieces comes in one call, and a frame too large for one datagram goes
+    out as pieces in one sendmsg (UDP_SEGMENT). Where the kernel refuses
+    UDP_SEGMENT, the pieces go one sendto each.
+    """
+
+    def __init__(self, owner: LinkOwner, sock: socket.socket, datagram_max: int) -> None:
         self.owner = owner
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock = sock
+        self.datagram_max = datagram_max
+        self.segment_offload = True
+        self.errors = 0  # sends the kernel refused (no route, buffer full)
+        self._next_id = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(SOL_UDP, UDP_GRO, 1)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.sock.fileno(), self._readable)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        self.owner.on_datagram(data, (str(addr[0]), int(addr[1])))
+    def _readable(self) -> None:
+        for _ in range(_UDP_BATCH):
+            try:
+                data, ancillary, _, addr = self.sock.recvmsg(_UDP_RECV, _GRO_CMSG)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # an ICMP error from an earlier send: liveness is the keepalives'
+                continue
+            peer = (str(addr[0]), int(addr[1]))
+            size = 0
+            for level, kind, value in ancillary:
+                if level == SOL_UDP and kind == UDP_GRO and len(value) >= 2:
+                    size = int.from_bytes(value[:2] if len(value) < 4 else value[:4], sys.byteorder)
+            if not size or size >= len(data):
+                self.owner.on_datagram(data, peer)
+                continue
+            if data[0] == _FRAGMENT_KIND:  # a frame's pieces, as a rule: one batch
+                self.owner.on_fragments(memoryview(data), size, peer)
+                continue
+            for start in range(0, len(data), size):
+                self.owner.on_datagram(data[start: start + size], peer)
 
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP errors (peer not listening yet): keepalives handle liveness
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> bool:
+        """One datagram; False (counted) when the kernel refused it."""
+        try:
+            self.sock.sendto(data, addr)
+            return True
+        except OSError:
+            self.errors += 1
+            return False
+
+    def send_frame(self, vframe: bytes, addr: tuple[str, int]) -> None:
+        """A vframe as one FRAME datagram, or as FRAGMENT pieces when it does not fit.
+
+        Raises OSError when the kernel refuses (the caller counts the drop)."""
+        if 1 + len(vframe) <= self.datagram_max:
+            self.sock.sendto(_FRAME_BYTE + vframe, addr)
+            return
+        parts = fragments.pieces(self._next_id, vframe, self.datagram_max)
+        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+        if self.segment_offload:
+            cmsg = [(SOL_UDP, UDP_SEGMENT, self.datagram_max.to_bytes(2, sys.byteorder))]
+            try:
+                self.sock.sendmsg([b"".join(parts)], cmsg, 0, addr)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EIO):
+                    raise
+                self.segment_offload = False  # this kernel or path cannot: one call each
+        for i in range(0, len(parts), 2):
+            self.sock.sendto(b"".join(parts[i: i + 2]), addr)
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+            self._loop = None
+        self.sock.close()
 
 
 @dataclass(eq=False)
@@ -190,6 +272,7 @@ class Link:
     reconnects: int = 0
     peer_macs: tuple[str, ...] = ()
     backoff: Backoff = field(default_factory=Backoff)
+    reassembler: fragments.Reassembler | None = None  # UDP: FRAGMENT pieces in flight
     task: asyncio.Task[None] | None = None
     pending: list[bytes] = field(default_factory=list)
     pending_bytes: int = 0

@@ -291,6 +291,19 @@ async def test_udp_star_link(tmp_path: Path) -> None:
         await n.qa.expect(lambda f: f[0:6] == frame[6:12])
 
 
+async def test_udp_link_carries_frames_larger_than_a_datagram(tmp_path: Path) -> None:
+    """A jumbo frame crosses a UDP star link in FRAGMENT pieces (UDP_SEGMENT / UDP_GRO)."""
+    async with network(tmp_path, proxy_transport="udp", mtu=9000) as n:
+        frames = [eth(MB, MA, bytes([i]) * 8_000) for i in range(5)]
+        for f in frames:
+            n.qa.send(f)
+        got = [await n.qb.expect(lambda f: len(f) > 1500) for _ in frames]
+        assert got == frames
+        assert n.a.links["star-a"].stats.tx_frames >= len(frames)
+        assert n.proxy.counters["udp_fragments_lost"] == 0
+        assert n.proxy.counters["udp_bad_fragment"] == 0
+
+
 async def test_rule_change_mid_stream_loses_no_frame(net: Net) -> None:
     def desired(fwd: Forwarder, peer: str, dst: str, gen: int, rule: bool) -> pb.DesiredState:
         return pb.DesiredState(
