@@ -21,13 +21,17 @@ import struct
 import sys
 import time
 
-SOL_PACKET = 263
-PACKET_ADD_MEMBERSHIP = 1
-PACKET_MR_PROMISC = 1
-PACKET_VNET_HDR = 15
-PACKET_IGNORE_OUTGOING = 23
-ETH_P_ALL = 0x0003
-MAX_VFRAME = 65_536 + 64
+from services.forwarder.attach import (
+    ETH_P_ALL,
+    PACKET_ADD_MEMBERSHIP,
+    PACKET_IGNORE_OUTGOING,
+    PACKET_MR_PROMISC,
+    PACKET_VNET_HDR,
+    READ_SIZE,
+    SOL_PACKET,
+)
+
+MAX_VFRAME = READ_SIZE
 LENGTH = struct.Struct("!I")
 
 
@@ -92,6 +96,8 @@ class Relay:
             n = self.tcp.recv_into(self.in_view[self.have:])
         except BlockingIOError:
             return
+        except ConnectionError:  # the other end stopped first
+            n = 0
         if not n:
             self.loop.stop()
             return
