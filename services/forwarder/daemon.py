@@ -708,8 +708,8 @@ class Forwarder:
             self._remove_link(link.id)
 
     def on_fragments(self, batch: memoryview, size: int, addr: tuple[str, int]) -> None:
-        """Datagrams the kernel coalesced (UDP_GRO), FRAGMENT pieces as a rule: joined
-        into vframes and routed as one batch; any other datagram goes on alone."""
+        """FRAGMENT pieces, one or a batch the kernel coalesced (UDP_GRO): joined into
+        vframes and routed as one batch."""
         link = self.udp_peers.get(addr)
         if link is None or not link.up:
             self.error("udp_unknown_peer", f"frame pieces from {addr[0]}:{addr[1]}, no link up")
@@ -717,20 +717,11 @@ class Forwarder:
         r = link.reassembler
         if r is None:
             r = link.reassembler = Reassembler(VNET_HDR_LEN + MAX_GSO_FRAME)
-        lost = r.lost
-        frames: list[bytes] = []
-        for start in range(0, len(batch), size):
-            piece = batch[start: start + size]
-            if piece[0] != MsgType.FRAGMENT:
-                self.on_datagram(bytes(piece), addr)
-                continue
-            try:
-                whole = r.feed(piece[1:])
-            except framing.BadStream as exc:
-                self.error("udp_" + exc.reason, f"link {link.id}: {exc.detail}")
-                continue
-            if whole is not None:
-                frames.append(whole)
+        lost, bad = r.lost, r.bad
+        frames = r.feed_batch(batch, size)
+        if r.bad != bad:
+            self.error("udp_bad_fragment", f"link {link.id}: {r.bad - bad} malformed piece(s):"
+                       f" {r.last_bad}")
         if r.lost != lost:
             link.stats.drops += r.lost - lost
             self.error("udp_fragments_lost", f"link {link.id}: a frame lost a piece on the way"

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
 from services.forwarder.framing import BadStream, MsgType
 
 _HEADER = struct.Struct("!IHH")  # frame id, index, count
@@ -30,19 +32,33 @@ _KIND = bytes((MsgType.FRAGMENT,))
 Piece = bytes | memoryview
 
 
-def pieces(frame_id: int, vframe: Piece, datagram_max: int) -> list[Piece]:
-    """The datagrams of one vframe, header and piece alternating (join them to send)."""
+def datagrams(frame_id: int, vframe: Piece, datagram_max: int) -> bytes:
+    """The FRAGMENT datagrams of one vframe, back to back: one UDP_SEGMENT send's buffer.
+
+    Made with array operations: per piece, Python costs about a microsecond, and a
+    64 KB frame is 45 pieces."""
     room = datagram_max - HEADER_LEN
-    count = -(-len(vframe) // room)
+    count = _count(len(vframe), room)
+    full, rest = divmod(len(vframe), room)
+    out = np.empty((count, datagram_max), np.uint8)
+    out[:, 0] = MsgType.FRAGMENT
+    out[:, 1:5] = np.frombuffer(frame_id.to_bytes(4, "big"), np.uint8)
+    out[:, 5:7] = np.arange(count, dtype=">u2").view(np.uint8).reshape(count, 2)
+    out[:, 7:9] = np.frombuffer(count.to_bytes(2, "big"), np.uint8)
+    data = np.frombuffer(vframe, np.uint8)
+    out[:full, HEADER_LEN:] = data[: full * room].reshape(full, room)
+    if rest:
+        out[full, HEADER_LEN: HEADER_LEN + rest] = data[full * room:]
+        return out.tobytes()[: (count - 1) * datagram_max + HEADER_LEN + rest]
+    return out.tobytes()
+
+
+def _count(length: int, room: int) -> int:
+    count = -(-length // room)
     if count > MAX_PIECES:
-        raise ValueError(f"a {len(vframe)}-byte frame needs {count} pieces of {room} bytes,"
+        raise ValueError(f"a {length}-byte frame needs {count} pieces of {room} bytes,"
                          f" more than {MAX_PIECES}")
-    view = memoryview(vframe)
-    out: list[Piece] = []
-    for i in range(count):
-        out.append(_KIND + _HEADER.pack(frame_id, i, count))
-        out.append(view[i * room: (i + 1) * room])
-    return out
+    return count
 
 
 class Reassembler:
@@ -51,10 +67,52 @@ class Reassembler:
     def __init__(self, max_vframe: int) -> None:
         self.max_vframe = max_vframe
         self.lost = 0
+        self.bad = 0  # malformed pieces feed_batch skipped
+        self.last_bad = ""
         self._id = -1
         self._count = 0
         self._parts: list[Piece] = []
         self._size = 0
+
+    def feed_batch(self, batch: memoryview, size: int) -> list[bytes]:
+        """Datagrams of `size` bytes back to back (the last maybe shorter), as UDP_GRO
+        hands them over: the vframes they complete. A batch that is exactly one whole
+        frame, the rule, is checked and joined with array operations. Malformed pieces
+        are skipped and counted in bad (last_bad says why), not raised."""
+        n = -(-len(batch) // size)
+        full = len(batch) // size
+        if n >= 2 and batch[0] == MsgType.FRAGMENT and full >= n - 1:
+            rows = np.frombuffer(batch, np.uint8, count=(n - 1) * size).reshape(n - 1, size)
+            last = batch[(n - 1) * size:]
+            frame_id, index, count = _HEADER.unpack_from(batch, 1)
+            if (index == 0 and count == n and len(last) > HEADER_LEN
+                    and last[:HEADER_LEN] == _KIND + _HEADER.pack(frame_id, n - 1, n)
+                    and (rows[:, 0] == MsgType.FRAGMENT).all()
+                    and (rows[:, 1:5] == rows[0, 1:5]).all()
+                    and (rows[:, 7:9] == rows[0, 7:9]).all()
+                    and (rows[:, 5:7].view(">u2").ravel() == np.arange(n - 1)).all()):
+                if self._parts:
+                    self.lost += 1
+                self._start(frame_id, count)
+                if (n - 1) * (size - HEADER_LEN) + len(last) - HEADER_LEN > self.max_vframe:
+                    self.bad += 1
+                    self.last_bad = f"fragments add up to over {self.max_vframe} bytes"
+                    return []
+                return [rows[:, HEADER_LEN:].tobytes() + bytes(last[HEADER_LEN:])]
+        frames = []
+        for start in range(0, len(batch), size):
+            piece = batch[start: start + size]
+            try:
+                if piece[0] != MsgType.FRAGMENT:
+                    raise BadStream("bad_fragment", f"a type {piece[0]} datagram among pieces")
+                whole = self.feed(piece[1:])
+            except BadStream as exc:
+                self.bad += 1
+                self.last_bad = exc.detail
+                continue
+            if whole is not None:
+                frames.append(whole)
+        return frames
 
     def _start(self, frame_id: int, count: int) -> None:
         self._id, self._count = frame_id, count

@@ -235,19 +235,19 @@ class UdpEndpoint:
         if 1 + len(vframe) <= self.datagram_max:
             self.sock.sendto(_FRAME_BYTE + vframe, addr)
             return
-        parts = fragments.pieces(self._next_id, vframe, self.datagram_max)
+        buffer = fragments.datagrams(self._next_id, vframe, self.datagram_max)
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF
         if self.segment_offload:
             cmsg = [(SOL_UDP, UDP_SEGMENT, self.datagram_max.to_bytes(2, sys.byteorder))]
             try:
-                self.sock.sendmsg([b"".join(parts)], cmsg, 0, addr)
+                self.sock.sendmsg([buffer], cmsg, 0, addr)
                 return
             except OSError as exc:
                 if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EIO):
                     raise
                 self.segment_offload = False  # this kernel or path cannot: one call each
-        for i in range(0, len(parts), 2):
-            self.sock.sendto(b"".join(parts[i: i + 2]), addr)
+        for start in range(0, len(buffer), self.datagram_max):
+            self.sock.sendto(buffer[start: start + self.datagram_max], addr)
 
     def close(self) -> None:
         if self._loop is not None:
