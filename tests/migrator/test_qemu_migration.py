@@ -165,7 +165,10 @@ def test_migrator_killed_mid_migration_recovers(lab: QemuLab,
 def test_migrator_killed_before_qemu_finished_completes_the_move(
         lab: QemuLab, migrators: list[Process]) -> None:
     """QEMU finishes a migration on its own; the next migrator completes the move."""
-    first = lab.start_migrator(journal="journal-finished")
+    # A cap makes the copy outlast the first progress report that carries bytes
+    # (uncapped, a small VM's copy can end within one 0.2 s report interval);
+    # QEMU keeps the cap after the migrator dies and finishes by itself.
+    first = lab.start_migrator("--qemu-max-bandwidth", "40", journal="journal-finished")
     migrators.append(first)
     dst = lab.other_host()
     (source,) = lab.running_instances()
