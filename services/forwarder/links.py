@@ -243,9 +243,12 @@ class UdpEndpoint:
                 self.sock.sendmsg([buffer], cmsg, 0, addr)
                 return
             except OSError as exc:
-                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EIO):
+                if exc.errno == errno.EMSGSIZE:
+                    pass  # pieces and headers over 64 KB (a frame near the GSO limit): one by one
+                elif exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EIO):
+                    self.segment_offload = False  # this kernel or path cannot: one call each
+                else:
                     raise
-                self.segment_offload = False  # this kernel or path cannot: one call each
         for start in range(0, len(buffer), self.datagram_max):
             self.sock.sendto(buffer[start: start + self.datagram_max], addr)
 

@@ -293,8 +293,11 @@ async def test_udp_star_link(tmp_path: Path) -> None:
 
 async def test_udp_link_carries_frames_larger_than_a_datagram(tmp_path: Path) -> None:
     """A jumbo frame crosses a UDP star link in FRAGMENT pieces (UDP_SEGMENT / UDP_GRO)."""
-    async with network(tmp_path, proxy_transport="udp", mtu=9000) as n:
-        frames = [eth(MB, MA, bytes([i]) * 8_000) for i in range(5)]
+    async with network(tmp_path, proxy_transport="udp", mtu=65_500) as n:
+        # 8 KB frames, and one whose pieces and headers pass 64 KB (one UDP_SEGMENT
+        # call cannot carry it: it goes piece by piece).
+        frames = [eth(MB, MA, bytes([i]) * 8_000) for i in range(4)]
+        frames.append(eth(MB, MA, bytes(65_500)))
         for f in frames:
             n.qa.send(f)
         got = [await n.qb.expect(lambda f: len(f) > 1500) for _ in frames]
