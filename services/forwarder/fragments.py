@@ -12,7 +12,8 @@ receiver with UDP_GRO reads a batch in one call too.
 Reassembly is per peer and in order, one frame at a time: datagrams between
 two forwarders follow one path, and a piece lost (or out of order) loses its
 frame, as a lost IP fragment would; the frame's sender retransmits if it is
-TCP. Malformed pieces raise BadStream.
+TCP. A malformed piece makes feed() raise BadStream; feed_batch() skips it
+and counts it.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def datagrams(frame_id: int, vframe: Piece, datagram_max: int) -> bytes:
     out[:full, HEADER_LEN:] = data[: full * room].reshape(full, room)
     if rest:
         out[full, HEADER_LEN: HEADER_LEN + rest] = data[full * room:]
-        return out.tobytes()[: (count - 1) * datagram_max + HEADER_LEN + rest]
+        return out.reshape(-1)[: (count - 1) * datagram_max + HEADER_LEN + rest].tobytes()
     return out.tobytes()
 
 
