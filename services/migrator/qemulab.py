@@ -162,29 +162,39 @@ class QemuLab:
         return proc
 
     async def _await_states(self, timeout: float) -> None:
-        """Until the migrator knows the forwarders' states: a move of vm1 to where it
-        is gets refused for a reason other than an unknown guest or host (refusals
-        change nothing)."""
+        """Until the migrator knows the forwarders' states: where vm1 is, and the host it
+        may go to. Probes refused for a reason other than an unknown guest or host tell
+        (refusals change nothing): vm1 to where it is, and a guest that does not exist
+        to the other host (a fresh migrator hears each forwarder within a state interval,
+        so knowing vm1's host says nothing of the other's)."""
+        probes = {self.location: VM_ID, self.other_host(): "lab-no-such-guest"}
         with BusClient(self.bus, "qemulab", "lab") as client:
             client.subscribe(topics.MIGRATION + ".")
             await client.ready()
             deadline = time.monotonic() + timeout
             for n in itertools.count():
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"the migrator did not learn where {VM_ID} is in"
-                                       f" {timeout:g}s")
-                probe = f"lab-probe-{os.getpid()}-{time.monotonic_ns()}-{n}"
-                client.publish(topics.CONTROL_MIGRATE, pb.MigrationRequest(
-                    migration_id=probe, guest_id=VM_ID, to_host=self.location,
-                    requested_by="qemulab readiness probe"))
+                    raise TimeoutError(f"the migrator did not learn of {sorted(probes)} (where"
+                                       f" {VM_ID} is, and the other host) in {timeout:g}s")
+                sent = {}
+                for host, guest in probes.items():
+                    probe = f"lab-probe-{os.getpid()}-{time.monotonic_ns()}-{n}-{host}"
+                    sent[probe] = host
+                    client.publish(topics.CONTROL_MIGRATE, pb.MigrationRequest(
+                        migration_id=probe, guest_id=guest, to_host=host,
+                        requested_by="qemulab readiness probe"))
                 answer_by = time.monotonic() + 0.3
-                while (left := answer_by - time.monotonic()) > 0:
+                while sent and (left := answer_by - time.monotonic()) > 0:
                     for msg in await client.recv_batch(timeout=left):
                         s = msg.payload
-                        if isinstance(s, pb.MigrationStatus) and s.migration_id == probe:
-                            if "unknown" not in s.error:
-                                return
-                            answer_by = 0.0
+                        if isinstance(s, pb.MigrationStatus) and s.migration_id in sent:
+                            host = sent.pop(s.migration_id)
+                            known = ("unknown" not in s.error if probes[host] == VM_ID
+                                     else "unknown host" not in s.error)
+                            if known:
+                                del probes[host]
+                if not probes:
+                    return
                 await asyncio.sleep(0.2)
 
     def migrate(self, to_host: str, timeout: float = 60.0,
