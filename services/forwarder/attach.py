@@ -121,7 +121,10 @@ class PacketAttachment(_FdAttachment):
     def __init__(self, spec: GuestSpec, on_frames: FramesCallback, on_error: ErrorCallback,
                  source_only: bool = False) -> None:
         super().__init__(spec, on_frames, on_error)
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        # Protocol 0: no frame comes in until bind() names the interface and
+        # ETH_P_ALL; created with ETH_P_ALL, it would queue frames of every interface
+        # in the namespace (and before the source filter) until then.
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
             sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
