@@ -60,7 +60,7 @@ static int send_all(int fd, const unsigned char *buf, size_t len) {
 
 static int packet_socket(const char *ifname) {
     int one = 1;
-    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK, htons(ETH_P_ALL));
+    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK, 0); /* nothing comes in before bind */
     if (fd < 0)
         return -1;
     setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR_OPT, &one, sizeof one);

@@ -21,29 +21,11 @@ import struct
 import sys
 import time
 
-from services.forwarder.attach import (
-    ETH_P_ALL,
-    PACKET_ADD_MEMBERSHIP,
-    PACKET_IGNORE_OUTGOING,
-    PACKET_MR_PROMISC,
-    PACKET_VNET_HDR,
-    READ_SIZE,
-    SOL_PACKET,
-)
+from services.forwarder.attach import READ_SIZE
+from services.testbed.relay import open_port
 
 MAX_VFRAME = READ_SIZE
 LENGTH = struct.Struct("!I")
-
-
-def packet_socket(ifname: str) -> socket.socket:
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
-    sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-    sock.bind((ifname, ETH_P_ALL))
-    mreq = struct.pack("iHH8s", socket.if_nametoindex(ifname), PACKET_MR_PROMISC, 0, b"")
-    sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
-    sock.setblocking(False)
-    return sock
 
 
 def tcp_socket(mode: str, addr: str, port: int, timeout_s: float = 20.0) -> socket.socket:
@@ -118,7 +100,7 @@ class Relay:
 
 def main(argv: list[str]) -> int:
     ifname, mode, addr, port = argv[0], argv[1], argv[2], int(argv[3])
-    packet = packet_socket(ifname)
+    packet = open_port(ifname)
     tcp = tcp_socket(mode, addr, port)
     loop = asyncio.new_event_loop()
     relay = Relay(packet, tcp, loop)

@@ -42,7 +42,9 @@ RELAY_NICE = -10
 
 
 def open_port(ifname: str) -> socket.socket:
-    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    # Protocol 0: nothing comes in until bind() names the interface (created with
+    # ETH_P_ALL it would queue frames of every interface in the namespace until then).
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
     s.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
     s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
     s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF_BYTES)
