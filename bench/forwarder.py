@@ -350,9 +350,9 @@ def tinc_path(tb: Testbed, s: ForwarderBenchSettings) -> Iterator[None]:
 
 def floor_command(language: str) -> list[str]:
     """The reference relay's command: the Python one, or the C one built first."""
-    source = Path(__file__).with_name("relay_floor.py" if language == "python" else "relay_floor.c")
     if language == "python":
-        return [sys.executable, str(source)]
+        return [sys.executable, str(Path(__file__).with_name("relay_floor.py"))]
+    source = Path(__file__).with_name("relay_floor.c")
     binary = BUILD_DIR / "relay_floor"
     binary.parent.mkdir(parents=True, exist_ok=True)
     r = subprocess.run(["cc", "-O2", "-Wall", "-o", str(binary), str(source)],

@@ -186,7 +186,6 @@ class UdpEndpoint:
         self.sock = sock
         self.datagram_max = datagram_max
         self.segment_offload = True
-        self.errors = 0  # sends the kernel refused (no route, buffer full)
         self._next_id = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         sock.setblocking(False)
@@ -208,8 +207,8 @@ class UdpEndpoint:
             peer = (str(addr[0]), int(addr[1]))
             size = 0
             for level, kind, value in ancillary:
-                if level == SOL_UDP and kind == UDP_GRO and len(value) >= 2:
-                    size = int.from_bytes(value[:2] if len(value) < 4 else value[:4], sys.byteorder)
+                if level == SOL_UDP and kind == UDP_GRO:  # an int: the segment size
+                    size = int.from_bytes(value, sys.byteorder)
             if not size or size >= len(data):
                 self.owner.on_datagram(data, peer)
                 continue
@@ -219,14 +218,11 @@ class UdpEndpoint:
             for start in range(0, len(data), size):
                 self.owner.on_datagram(data[start: start + size], peer)
 
-    def sendto(self, data: bytes, addr: tuple[str, int]) -> bool:
-        """One datagram; False (counted) when the kernel refused it."""
-        try:
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        """One control datagram; a refusal (no route yet, buffer full) is left to the
+        keepalives and handshake retries, as asyncio's transport left it."""
+        with contextlib.suppress(OSError):
             self.sock.sendto(data, addr)
-            return True
-        except OSError:
-            self.errors += 1
-            return False
 
     def send_frame(self, vframe: bytes, addr: tuple[str, int]) -> None:
         """A vframe as one FRAME datagram, or as FRAGMENT pieces when it does not fit.
