@@ -20,7 +20,7 @@ import socket
 import struct
 import subprocess
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from services.bus import log as buslog
 from services.forwarder import framing
@@ -78,11 +78,14 @@ class _FdAttachment:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.fd = -1
         self.on_gone: Callable[[], None] | None = None  # the device vanished (moved away)
+        # The compiled reader (fastpath.py), which falls back on read_frames.
+        self.fast_reader: Callable[[], None] | None = None
 
     def _read_one(self) -> bytes:
         raise NotImplementedError
 
-    def _readable(self) -> None:
+    def read_frames(self) -> None:
+        """Read up to a batch of frames and hand them on; the Python reader."""
         frames: list[bytes] = []
         for _ in range(BATCH):
             try:
@@ -107,7 +110,7 @@ class _FdAttachment:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        loop.add_reader(self.fd, self._readable)
+        loop.add_reader(self.fd, self.fast_reader or self.read_frames)
 
     def close(self) -> None:
         if self._loop is not None and self.fd >= 0:
@@ -342,7 +345,7 @@ class QemuAttachment(asyncio.Protocol):
                 await asyncio.sleep(self.backoff.next_delay())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self._transport = transport
         self._decoder = framing.QemuDecoder(framing.MAX_QEMU_LENGTH)
         self.connected = True

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from typing import Protocol
+from typing import Protocol, cast
 
 from services.forwarder import framing
 
@@ -36,7 +36,7 @@ class CaptureConn(asyncio.Protocol):
         self._line = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:

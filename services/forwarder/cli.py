@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from collections.abc import Callable
 
 from services.bus import log as buslog
 from services.bus import settings as bus_settings
@@ -30,6 +31,7 @@ def _settings(args: argparse.Namespace) -> ForwarderSettings:
         tls_key=args.tls_key,
         tls_ca=args.tls_ca,
         counting=not args.no_counting,
+        fastpath=not args.no_fastpath,
         lan_iface=args.lan,
         capture_socket=args.capture_socket,
     )
@@ -63,7 +65,18 @@ def _forwarder(args: argparse.Namespace) -> int:
             if bus is not None:
                 bus.close()
 
-    return asyncio.run(main())
+    with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
+        return runner.run(main())
+
+
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop by default: its loop runs in C, so a wake-up that the compiled fast
+    path handles runs no bytecode at all (about 0.1 ms less per overlay hop here)."""
+    if name == "asyncio":
+        return None
+    import uvloop
+
+    return uvloop.new_event_loop
 
 
 def _capture(args: argparse.Namespace) -> int:
@@ -166,6 +179,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="UNIX socket path where `vnet capture` can ask for a port's frames")
     p.add_argument("--netns", default="", help="enter this network namespace first")
     p.add_argument("--no-bus", action="store_true", help="forward only; publish nothing")
+    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                   help="the event loop: uvloop (default, in C) or asyncio's own")
+    p.add_argument("--no-fastpath", action="store_true",
+                   help="carry every frame in Python, not the compiled fast path"
+                        " (comparisons; VNET_FASTPATH=0 does the same)")
     p.add_argument("--no-counting", action="store_true",
                    help="skip per-pair counting (benchmarks of its cost only)")
     bus_settings.add_arguments(p)

@@ -92,6 +92,8 @@ class ForwarderSettings:
     # (1472 on a 1500-byte IPv4 path); larger vframes go as FRAGMENT pieces.
     udp_datagram_max: int = 1472
     counting: bool = True  # count per (src, dst) pair; off only for benchmarks
+    # The compiled fast path for the common frame (fastpath.py); off: pure Python.
+    fastpath: bool = True
     capture_socket: str = ""  # UNIX socket path `vnet capture` connects to; "" = none
     lan_iface: str = ""  # proxy only: bridge the overlay onto this interface (AF_PACKET)
 

@@ -20,7 +20,7 @@ it came from; fast-path links never carry it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -92,6 +92,8 @@ class ForwarderCore:
         self._exact: dict[bytes, CompiledRule] = {}
         self._dst: dict[bytes, CompiledRule] = {}
         self._src: dict[bytes, CompiledRule] = {}
+        # Called after every change of ports, rules or liveness (the fast path re-syncs).
+        self.on_rebuild: Callable[[], None] | None = None
 
     # ------------------------------------------------------------ ports
 
@@ -163,6 +165,17 @@ class ForwarderCore:
     def links(self) -> list[Port]:
         return [p for p in self.ports if p is not None and p.kind is PortKind.LINK]
 
+    def counted(self, index: int) -> bool:
+        """Frames entering at this port are counted per (src, dst): a guest's, counting on."""
+        return self._is_guest[index]
+
+    def route_cache(self) -> dict[bytes, int]:
+        """(dst + src) -> port, filled by route(); emptied whenever the tables change.
+
+        The same dict for the core's lifetime: the compiled fast path reads it.
+        """
+        return self._cache
+
     # ------------------------------------------------------------ rules
 
     def set_rules(self, rules: list[CompiledRule]) -> None:
@@ -193,6 +206,8 @@ class ForwarderCore:
             else:
                 flood.append(tuple(local))
         self._flood = flood
+        if self.on_rebuild is not None:
+            self.on_rebuild()
 
     def _target(self, rule: CompiledRule) -> int | None:
         """Port index for a rule, RULE_DROP, or None when its port is missing or down."""

@@ -24,8 +24,10 @@ from services.bus import topics
 from services.bus.client import BusClient
 from services.bus.counters import Counters
 from services.bus.pb import vnet_pb2 as pb
-from services.forwarder import desired, framing, messages
+from services.forwarder import desired, fastpath, framing, messages
 from services.forwarder.attach import (
+    BATCH,
+    READ_SIZE,
     Attachment,
     LinkWatcher,
     PacketAttachment,
@@ -94,6 +96,12 @@ class Forwarder:
         self._server_ssl, self._client_ssl = _tls_contexts(settings)
         self._captures: dict[int, list[CaptureConn]] = {}
         self._clock = time.monotonic()  # refreshed every tick: cheap per-frame timestamps
+        # The compiled fast path (fastpath.py), re-synced whenever the tables change.
+        self._fast = fastpath.compiled.Switch() if fastpath.wanted(settings.fastpath) else None
+        self._fast_conns: set[StreamConn] = set()
+        self._conn_class: type[StreamConn] = (fastpath.FastStreamConn if self._fast is not None
+                                              else StreamConn)
+        self.core.on_rebuild = self._sync_fast
 
     # ------------------------------------------------------------ errors
 
@@ -201,6 +209,9 @@ class Forwarder:
             att = TapAttachment(spec, on_frames, self._att_error)
         else:
             att = QemuAttachment(spec, on_frames, self._att_error, self._max_frame)
+        if self._fast is not None and isinstance(att, PacketAttachment | TapAttachment):
+            att.fast_reader = fastpath.compiled.GuestReader(
+                att.fd, port, self._fast, on_frames, att.read_frames, READ_SIZE, BATCH).readable
         self._set_sender(port, att.send)
         self.attachments[spec.id] = att
         att.start(loop)
@@ -344,6 +355,8 @@ class Forwarder:
 
     def _mark_state(self) -> None:
         self._state_dirty = True
+        if hasattr(self, "_fast"):  # not while __init__ runs
+            self._sync_fast()
         waiter = self._state_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -355,6 +368,7 @@ class Forwarder:
         while len(self.senders) <= port:
             self.senders.append(_drop)
         self.senders[port] = sender
+        self._sync_fast()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -431,6 +445,7 @@ class Forwarder:
             return f"no port {port_name!r} on {self.s.host} (ports: {names})"
         conn.port = port
         self._captures.setdefault(port, []).append(conn)
+        self._sync_fast()
         self.log.info("capture started", port=port_name)
         return None
 
@@ -440,8 +455,51 @@ class Forwarder:
             conns.remove(conn)
             if not conns:
                 del self._captures[conn.port]
+                self._sync_fast()
             self.counters.inc("capture_dropped", conn.dropped)
             self.log.info("capture stopped", port=conn.port, dropped=conn.dropped)
+
+    def _sync_fast(self) -> None:
+        """Give the fast path the current tables: what each port is, where it writes.
+
+        A port gets a sink only while its Python sender is the plain one (a live
+        fd attachment, or an up TCP link with its socket's fd); captures turn the
+        fast path off, since they mirror frames in Python.
+        """
+        switch = self._fast
+        if switch is None:
+            return
+        core = self.core
+        by_port = {link.port: link for link in self.links.values()}
+        sinks: list[Any] = []
+        for index, port in enumerate(core.ports):
+            sink = None
+            if port is not None and port.up:
+                if port.kind is PortKind.GUEST:
+                    att = self.attachments.get(port.name)
+                    if (isinstance(att, PacketAttachment | TapAttachment) and att.fd >= 0
+                            and index < len(self.senders) and self.senders[index] == att.send):
+                        sink = fastpath.compiled.Sink(att.fd)
+                else:
+                    link = by_port.get(index)
+                    conn = link.conn if link is not None else None
+                    if (link is not None and conn is not None and conn.transport is not None
+                            and conn.fd >= 0 and not conn.transport.is_closing()):
+                        sink = fastpath.compiled.Sink(conn.fd, conn.transport, link.stats)
+            sinks.append(sink)
+        switch.configure(core.route_cache(), core.pairs.pairs, core.counters, tuple(sinks),
+                         fastpath.port_flags(core), self._max_frame + VNET_HDR_LEN,
+                         MAX_GSO_FRAME + VNET_HDR_LEN, not self._captures)
+        fast_conns: set[StreamConn] = set()
+        for link in self.links.values():
+            conn = link.conn
+            if link.up and isinstance(conn, fastpath.FastStreamConn) and conn.link is link:
+                conn.go_fast(switch, link.port, link.stats, self)
+                fast_conns.add(conn)
+        for conn in self._fast_conns - fast_conns:
+            assert isinstance(conn, fastpath.FastStreamConn)
+            conn.go_fast()
+        self._fast_conns = fast_conns
 
     def flush(self) -> None:
         for link in self._dirty:
@@ -556,7 +614,7 @@ class Forwarder:
                     raise ValueError(f"link {link.id} wants TLS but no --tls-cert is configured")
                 _, proto = await asyncio.wait_for(
                     loop.create_connection(
-                        lambda: StreamConn(self, True, link), host, port + 1 if tls else port,
+                        lambda: self._conn_class(self, True, link), host, port + 1 if tls else port,
                         ssl=self._client_ssl if tls else None,
                         server_hostname="vnet" if tls else None,
                     ),
@@ -589,7 +647,7 @@ class Forwarder:
         return Hello(self.s.host, link.id, not link.star, macs)
 
     def _new_inbound(self) -> StreamConn:
-        conn = StreamConn(self, dialer=False)
+        conn = self._conn_class(self, dialer=False)
         self._accepting[conn] = time.monotonic()
         return conn
 

@@ -38,7 +38,7 @@ class MsgType(IntEnum):
     FRAGMENT = 8  # UDP links: one piece of a vframe too large for a datagram (fragments.py)
 
 
-_TYPES = frozenset(int(t) for t in MsgType)
+MESSAGE_TYPES = frozenset(int(t) for t in MsgType)
 _FRAME = int(MsgType.FRAME)
 _FRAGMENT = int(MsgType.FRAGMENT)
 
@@ -178,7 +178,7 @@ class StreamDecoder:
                 kind = view[pos + 4]
                 if n == 0 or n > limit:
                     raise BadStream("bad_length", f"message length {n} outside 1..{limit}")
-                if kind not in _TYPES:
+                if kind not in MESSAGE_TYPES:
                     raise BadStream("bad_type", f"message type {kind} is unknown")
                 if kind != _FRAME and n > MAX_CONTROL_BODY:
                     raise BadStream("bad_length", f"control message of {n} bytes")
@@ -199,7 +199,7 @@ def decode_datagram(data: bytes) -> tuple[int, bytes]:
     if not data:
         raise BadStream("bad_datagram", "empty datagram")
     kind = data[0]
-    if kind not in _TYPES:
+    if kind not in MESSAGE_TYPES:
         raise BadStream("bad_type", f"datagram type {kind} is unknown")
     if kind in (_FRAME, _FRAGMENT):  # a view, not a copy (bytes are immutable)
         return kind, cast(bytes, memoryview(data)[1:])

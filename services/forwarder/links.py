@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 from services.bus.pb import vnet_pb2 as pb
 from services.forwarder import fragments, framing
@@ -64,13 +64,16 @@ class StreamConn(asyncio.BufferedProtocol):
         self.peer = ""
         self.closed = asyncio.get_running_loop().create_future()
         self.welcomed = asyncio.get_running_loop().create_future()
+        self._make_buffer()
+        self._fd = -1  # the plain TCP socket's fd for gathering writes
+
+    def _make_buffer(self) -> None:
         self._buf = bytearray(RECV_BUFFER)
         self._start = 0  # first unparsed byte
         self._end = 0  # end of received bytes
-        self._fd = -1  # the plain TCP socket's fd for gathering writes
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -91,12 +94,19 @@ class StreamConn(asyncio.BufferedProtocol):
             messages, self._start = self.decoder.parse(self._buf, self._start, self._end,
                                                        copy_frames=False)
         except framing.BadStream as exc:
-            self.owner.on_stream_error(self, "link_" + exc.reason, exc.detail)
-            self.close()
+            self._bad_stream(exc.reason, exc.detail)
             return
         if self._start == self._end:
             self._start = self._end = 0
-        frames: list[bytes] = []  # consecutive FRAMEs go to the owner as one batch
+        self._deliver(messages)
+
+    def _bad_stream(self, reason: str, detail: str) -> None:
+        self.owner.on_stream_error(self, "link_" + reason, detail)
+        self.close()
+
+    def _deliver(self, messages: list[tuple[int, bytes]]) -> None:
+        """Hand the messages of one read to the owner; consecutive FRAMEs as one batch."""
+        frames: list[bytes] = []
         for kind, body in messages:
             if kind == _FRAME:
                 frames.append(body)
@@ -161,6 +171,11 @@ class StreamConn(asyncio.BufferedProtocol):
         rest = b"".join(pieces)[sent:] if sent < sum(map(len, pieces)) else b""
         if rest:
             t.write(rest)
+
+    @property
+    def fd(self) -> int:
+        """The plain TCP socket's fd; -1 on TLS or before the connection is made."""
+        return self._fd
 
     def buffered(self) -> int:
         return 0 if self.transport is None else self.transport.get_write_buffer_size()

@@ -1,0 +1,33 @@
+"""Types of the compiled fast path (_fastpath.c)."""
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+class Sink:
+    fd: int
+    def __init__(self, fd: int, transport: Any = None, stats: Any = None) -> None: ...
+
+class Switch:
+    enabled: int
+    fast_frames: int
+    def configure(self, cache: dict[bytes, int], pairs: dict[bytes, list[int]],
+                  counters: dict[str, int], sinks: tuple[Sink | None, ...], ports: bytes,
+                  max_vframe: int, max_gso_vframe: int, enabled: bool) -> None: ...
+    def frame(self, ingress: int, vframe: bytes) -> bool: ...
+
+class GuestReader:
+    def __init__(self, fd: int, ingress: int, switch: Switch,
+                 on_frames: Callable[[list[bytes]], None], on_error: Callable[[], None],
+                 read_size: int, batch: int) -> None: ...
+    def readable(self) -> None: ...
+
+class StreamBase:
+    fast_port: int
+    @property
+    def pending(self) -> int: ...
+    def setup(self, size: int, chunk: int, max_message: int, max_control: int,
+              types: Iterable[int]) -> None: ...
+    def go_fast(self, switch: Switch | None = None, port: int = -1, stats: Any = None,
+                clock_owner: Any = None) -> None: ...
+    def get_buffer(self, sizehint: int) -> memoryview: ...
+    def buffer_updated(self, nbytes: int) -> None: ...
