@@ -18,7 +18,7 @@ VM_DIR := build/vm
 
 all: test
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml setup.py services/forwarder/_fastpath.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.lock
@@ -95,7 +95,7 @@ compose-base:
 # stale build/ output slips in) and its dependencies at the locked versions.
 compose-wheels: venv
 	rm -rf $(COMPOSE_DIST) build/compose-src && mkdir -p $(COMPOSE_DIST)/deps $(COMPOSE_DIST)/vnet build/compose-src
-	tar -c --exclude=__pycache__ pyproject.toml README.md services | tar -x -C build/compose-src
+	tar -c --exclude=__pycache__ --exclude="*.so" pyproject.toml setup.py README.md services | tar -x -C build/compose-src
 	$(PY) -m pip wheel --quiet --no-deps --wheel-dir $(COMPOSE_DIST)/vnet build/compose-src
 	$(PY) -m pip wheel --quiet --wheel-dir $(COMPOSE_DIST)/deps -c requirements.lock \
 	  $(COMPOSE_DIST)/vnet/*.whl

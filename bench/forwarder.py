@@ -19,7 +19,10 @@ The same two guests talk through each path in turn, in one run:
 - vnet_tcp / vnet_udp: one `vnet forwarder` per host (launch.py), the star
   link over TCP or UDP, counting on and publishing frames.<host> at 20 Hz to a
   broker with a subscriber (`vnet tail`, whose lines show the rate was kept);
-- vnet_tcp_off: counting off, no bus (sessions on, off, on).
+  the forwarders' defaults: uvloop and the compiled fast path;
+- vnet_tcp_off: counting off, no bus (sessions on, off, on);
+- vnet_tcp_python: as vnet_tcp, with every frame in Python on asyncio's own
+  loop (`--no-fastpath --loop asyncio`): what the fast path saves.
 
 The cost of counting and publishing at 20 Hz is judged by paired runs, not by
 comparing sessions: one session after another, throughput on this shared
@@ -515,6 +518,8 @@ def run(s: ForwarderBenchSettings, progress: Progress, logs: Path,
         "vnet_udp": PathResult(f"vnet, star link over UDP, counting on, frames published at"
                                f" {s.update_rate_hz:g} Hz"),
         "vnet_tcp_off": PathResult("vnet, star link over TCP, counting off, no bus"),
+        "vnet_tcp_python": PathResult("vnet TCP as vnet_tcp, every frame in Python"
+                                      " (--no-fastpath) on asyncio's own loop"),
     }
     spec = TestbedSpec.from_dict(SPEC, name="bench-forwarder")
     counting = ["--update-rate-hz", f"{s.update_rate_hz:g}", "--state-interval-s", "1"]
@@ -550,7 +555,9 @@ def run(s: ForwarderBenchSettings, progress: Progress, logs: Path,
             udp = ["--proxy-transport", "udp"]
             on: tuple[str, list[str], bool] = ("vnet_tcp", counting, True)
             off: tuple[str, list[str], bool] = ("vnet_tcp_off", ["--no-counting"], False)
-            sessions = [on, off, on, ("vnet_udp", [*counting, *udp], True)]
+            python = ["--no-fastpath", "--loop", "asyncio"]
+            sessions = [on, off, on, ("vnet_udp", [*counting, *udp], True),
+                        ("vnet_tcp_python", [*counting, *python], True)]
             for i, (name, extra, with_bus) in enumerate(sessions):
                 progress(f"{name}: starting forwarders")
                 before = _count_topic(tail_out, "frames.h1")
@@ -558,7 +565,7 @@ def run(s: ForwarderBenchSettings, progress: Progress, logs: Path,
                 with vnet_path(tb, bus if with_bus else None, extra, logs,
                                f"{i}-{name}") as procs:
                     _wait_ping(tb, s, name)
-                    split = name != "vnet_udp"
+                    split = name in ("vnet_tcp", "vnet_tcp_off")
                     _measure(tb, s, paths[name], name, progress,
                              s.session_runs_1 if split else s.runs_1,
                              1 if split else s.runs_4, procs)
@@ -603,6 +610,7 @@ def main(progress: Progress) -> BenchOutput:
             "vnet_tcp_vs_tinc_1": round(vs_tinc, 3),
             "python_floor_vs_native_1": round(floor.gbps_1 / native.gbps_1, 3),
             "vnet_tcp_vs_python_floor_1": round(tcp.gbps_1 / floor.gbps_1, 3),
+            "vnet_tcp_vs_vnet_python_1": round(tcp.gbps_1 / paths["vnet_tcp_python"].gbps_1, 3),
             "c_floor_vs_native_1": round(c_floor.gbps_1 / native.gbps_1, 3),
             "vnet_tcp_vs_tinc_4": round(tcp.gbps_4 / tinc.gbps_4, 3),
             # sessions one after another (drift-prone; the goal uses the paired runs)
@@ -612,6 +620,8 @@ def main(progress: Progress) -> BenchOutput:
         "counting_20hz_cost_paired": paired,
         "rtt_added_per_hop_ms": {"vnet_tcp": round(added_tcp, 4),
                                  "vnet_udp": round(added_udp, 4),
+                                 "vnet_tcp_python": round(
+                                     (paths["vnet_tcp_python"].rtt_ms - native.rtt_ms) / HOPS, 4),
                                  "python_floor": round((floor.rtt_ms - native.rtt_ms) / HOPS, 4),
                                  "c_floor": round((c_floor.rtt_ms - native.rtt_ms) / HOPS, 4),
                                  "tinc": round((tinc.rtt_ms - native.rtt_ms) / HOPS, 4)},

@@ -1079,7 +1079,8 @@ async def serve(settings: ForwarderSettings, bus: BusClient | None, stop: asynci
     heart: asyncio.Task[None] | None = None
     if bus is not None:
         def extra() -> dict[str, int]:
-            return {**fwd.counters.snapshot(), **fwd.core.counters}
+            fast = {"fastpath_frames": fwd._fast.fast_frames} if fwd._fast is not None else {}
+            return {**fwd.counters.snapshot(), **fwd.core.counters, **fast}
         heart = asyncio.get_running_loop().create_task(bus.heartbeats(extra))
     print(ready_line(fwd), flush=True)
     sys.stdout.flush()

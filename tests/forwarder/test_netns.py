@@ -46,6 +46,7 @@ SPEC = {
 class Net:
     tb: Testbed
     bus: BusSettings
+    mode: str = "fastpath"  # or "python": every frame in Python, on asyncio's own loop
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     generation: int = 0
 
@@ -55,7 +56,8 @@ class Net:
     def start(self, host: str) -> None:
         self.procs[host] = start_forwarder(
             self.tb, host, self.bus, log=self.tb.run_dir / f"forwarder-{host}.log", port=PORT,
-            extra=["--update-rate-hz", "20", "--keepalive-s", "0.2", "--bus-heartbeat-s", "0.2"])
+            extra=["--update-rate-hz", "20", "--keepalive-s", "0.2", "--bus-heartbeat-s", "0.2",
+                   *(["--no-fastpath", "--loop", "asyncio"] if self.mode == "python" else [])])
 
     def stop(self, host: str) -> None:
         proc = self.procs.pop(host)
@@ -81,8 +83,10 @@ class Net:
         raise AssertionError(f"{src} cannot ping {dst} within {timeout}s")
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+@pytest.fixture(scope="module", params=["fastpath", "python"])
+def net(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+        ) -> Iterator[Net]:
+    """Every test runs twice: with the compiled fast path, and all in Python."""
     if os.geteuid() != 0:
         pytest.skip("needs root for network namespaces")
     ipc = tmp_path_factory.mktemp("bus")
@@ -90,7 +94,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         broker = launch.start_broker_ipc(ipc)
         bus = BusSettings(pub=str(broker.info["pub"]), sub=str(broker.info["sub"]))
         with Testbed(TestbedSpec.from_dict(SPEC, name="fwd")) as tb:
-            n = Net(tb, bus)
+            n = Net(tb, bus, mode=request.param)
             try:
                 for host in ("proxy", "h1", "h2"):
                     n.start(host)
@@ -178,6 +182,23 @@ async def test_counters_equal_injected_frames(net: Net) -> None:
         assert last is not None, "pair never published"
         assert (seen, last[4], last[5]) == (37, 37, 37 * 100)
         assert intervals and all(i == pytest.approx(0.05) for i in intervals)
+    finally:
+        client.close()
+
+
+async def test_frames_take_the_path_the_mode_says(net: Net) -> None:
+    """The compiled path carries the ping (or nothing carries it fast, in Python mode)."""
+    client = await _client(net, "heartbeat.forwarder.h1")
+    try:
+        net.wait_ping("g1", "g2")
+        assert net.ping_ok("g1", "g2", count=5)
+        hb = await _until(client, "heartbeat.forwarder.h1", lambda hb: True)
+        assert isinstance(hb, pb.Heartbeat)
+        if net.mode == "fastpath":
+            await _until(client, "heartbeat.forwarder.h1",
+                         lambda hb: hb.counters.get("fastpath_frames", 0) >= 5)
+        else:
+            assert "fastpath_frames" not in hb.counters
     finally:
         client.close()
 
