@@ -45,6 +45,7 @@ typedef struct {
     int fd;
     PyObject *transport; /* None for a guest */
     PyObject *stats;     /* None for a guest */
+    PyObject *is_closing, *buffered, *write; /* the transport's bound methods */
 } Sink;
 
 static int Sink_init(Sink *self, PyObject *args, PyObject *kw)
@@ -57,6 +58,13 @@ static int Sink_init(Sink *self, PyObject *args, PyObject *kw)
     Py_XSETREF(self->transport, transport);
     Py_INCREF(stats);
     Py_XSETREF(self->stats, stats);
+    if (transport != Py_None) {
+        Py_XSETREF(self->is_closing, PyObject_GetAttr(transport, str_is_closing));
+        Py_XSETREF(self->buffered, PyObject_GetAttr(transport, str_get_write_buffer_size));
+        Py_XSETREF(self->write, PyObject_GetAttr(transport, str_write));
+        if (!self->is_closing || !self->buffered || !self->write)
+            return -1;
+    }
     return 0;
 }
 
@@ -64,6 +72,9 @@ static void Sink_dealloc(Sink *self)
 {
     Py_XDECREF(self->transport);
     Py_XDECREF(self->stats);
+    Py_XDECREF(self->is_closing);
+    Py_XDECREF(self->buffered);
+    Py_XDECREF(self->write);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -219,14 +230,14 @@ static int sink_send(Sink *sink, const char *vf, Py_ssize_t n)
         ssize_t w = write(sink->fd, vf, (size_t)n);
         return w == n ? 1 : 0;
     }
-    PyObject *closing = PyObject_CallMethodNoArgs(sink->transport, str_is_closing);
+    PyObject *closing = PyObject_CallNoArgs(sink->is_closing);
     if (closing == NULL)
         return -1;
     int gone = PyObject_IsTrue(closing);
     Py_DECREF(closing);
     if (gone != 0)
         return gone < 0 ? -1 : 0; /* closing: the fd may be gone; Python drops and counts */
-    PyObject *queued = PyObject_CallMethodNoArgs(sink->transport, str_get_write_buffer_size);
+    PyObject *queued = PyObject_CallNoArgs(sink->buffered);
     if (queued == NULL)
         return -1;
     long q = PyLong_AsLong(queued);
@@ -255,7 +266,7 @@ static int sink_send(Sink *sink, const char *vf, Py_ssize_t n)
             if (rest == NULL)
                 return -1;
         }
-        PyObject *r = PyObject_CallMethodOneArg(sink->transport, str_write, rest);
+        PyObject *r = PyObject_CallOneArg(sink->write, rest);
         Py_DECREF(rest);
         if (r == NULL)
             return -1;
