@@ -739,9 +739,8 @@ static PyObject *StreamBase_buffer_updated(StreamBase *self, PyObject *arg)
     }
     Py_RETURN_NONE;
 out_error:
-    /* A malformed stream: what was complete before it is still delivered
-     * first would reorder nothing, but the connection is closing anyway;
-     * like the Python decoder, nothing of that read is delivered. */
+    /* A malformed stream (the connection closes) or an error: as in the Python
+     * decoder, nothing more of this read is handed up. */
     Py_XDECREF(slow);
     return result;
 }

@@ -63,6 +63,9 @@ class Forwarder:
         settings.check()
         self.s = settings
         self.bus = bus
+        # The compiled fast path (fastpath.py), re-synced whenever the tables change;
+        # made last, once everything it reads exists.
+        self._fast: fastpath.Switch | None = None
         self.core = ForwarderCore(settings.host, settings.is_proxy, settings.star_link_id,
                                   counting=settings.counting,
                                   lan_port=LAN_PORT if settings.lan_iface else "")
@@ -96,12 +99,12 @@ class Forwarder:
         self._server_ssl, self._client_ssl = _tls_contexts(settings)
         self._captures: dict[int, list[CaptureConn]] = {}
         self._clock = time.monotonic()  # refreshed every tick: cheap per-frame timestamps
-        # The compiled fast path (fastpath.py), re-synced whenever the tables change.
-        self._fast = fastpath.compiled.Switch() if fastpath.wanted(settings.fastpath) else None
         self._fast_conns: set[StreamConn] = set()
-        self._conn_class: type[StreamConn] = (fastpath.FastStreamConn if self._fast is not None
-                                              else StreamConn)
-        self.core.on_rebuild = self._sync_fast
+        self._conn_class: type[StreamConn] = StreamConn
+        if fastpath.wanted(settings.fastpath):
+            self._fast = fastpath.compiled.Switch()
+            self._conn_class = fastpath.FastStreamConn
+            self.core.on_rebuild = self._sync_fast
 
     # ------------------------------------------------------------ errors
 
@@ -355,8 +358,7 @@ class Forwarder:
 
     def _mark_state(self) -> None:
         self._state_dirty = True
-        if hasattr(self, "_fast"):  # not while __init__ runs
-            self._sync_fast()
+        self._sync_fast()
         waiter = self._state_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -459,6 +461,11 @@ class Forwarder:
             self.counters.inc("capture_dropped", conn.dropped)
             self.log.info("capture stopped", port=conn.port, dropped=conn.dropped)
 
+    @property
+    def fast_frames(self) -> int | None:
+        """Frames the compiled fast path carried; None when it is off."""
+        return None if self._fast is None else self._fast.fast_frames
+
     def _sync_fast(self) -> None:
         """Give the fast path the current tables: what each port is, where it writes.
 
@@ -471,7 +478,7 @@ class Forwarder:
             return
         core = self.core
         by_port = {link.port: link for link in self.links.values()}
-        sinks: list[Any] = []
+        sinks: list[fastpath.Sink | None] = []
         for index, port in enumerate(core.ports):
             sink = None
             if port is not None and port.up:
@@ -1084,7 +1091,7 @@ async def serve(settings: ForwarderSettings, bus: BusClient | None, stop: asynci
     heart: asyncio.Task[None] | None = None
     if bus is not None:
         def extra() -> dict[str, int]:
-            fast = {"fastpath_frames": fwd._fast.fast_frames} if fwd._fast is not None else {}
+            fast = {} if fwd.fast_frames is None else {"fastpath_frames": fwd.fast_frames}
             return {**fwd.counters.snapshot(), **fwd.core.counters, **fast}
         heart = asyncio.get_running_loop().create_task(bus.heartbeats(extra))
     print(ready_line(fwd), flush=True)

@@ -21,10 +21,12 @@ from services.forwarder.links import RECV_BUFFER, RECV_CHUNK, LinkOwner, StreamC
 
 try:
     from services.forwarder import _fastpath as compiled
+    from services.forwarder._fastpath import Sink, Switch
 except ImportError:  # built without a C compiler: the pure-Python path only
     compiled = None  # type: ignore[assignment]
 
-__all__ = ["PORT_COUNTED", "PORT_IN", "FastStreamConn", "compiled", "port_flags", "wanted"]
+__all__ = ["PORT_COUNTED", "PORT_IN", "FastStreamConn", "Sink", "Switch", "compiled",
+           "port_flags", "wanted"]
 
 # Port flags, as _fastpath.c reads them.
 PORT_IN = 1  # frames from this port may go fast
