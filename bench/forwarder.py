@@ -592,8 +592,10 @@ def main(progress: Progress) -> BenchOutput:
     floor, c_floor = paths["python_floor"], paths["c_floor"]
     ratio = tcp.gbps_1 / native.gbps_1
     vs_tinc = tcp.gbps_1 / tinc.gbps_1
-    added_tcp = (tcp.rtt_ms - native.rtt_ms) / HOPS
-    added_udp = (udp.rtt_ms - native.rtt_ms) / HOPS
+    added = {name: (paths[name].rtt_ms - native.rtt_ms) / HOPS
+             for name in ("vnet_tcp", "vnet_udp", "vnet_tcp_python", "python_floor", "c_floor",
+                          "tinc")}
+    added_tcp = added["vnet_tcp"]
     cost = float(paired["throughput_cost"])  # type: ignore[arg-type]
     _plot(paths, RESULTS_DIR / "forwarder_throughput.png")
     results: dict[str, object] = {
@@ -618,13 +620,7 @@ def main(progress: Progress) -> BenchOutput:
             "sessions_cpu_per_gb_vs_off": round(tcp.cpu_per_gb / off.cpu_per_gb, 4),
         },
         "counting_20hz_cost_paired": paired,
-        "rtt_added_per_hop_ms": {"vnet_tcp": round(added_tcp, 4),
-                                 "vnet_udp": round(added_udp, 4),
-                                 "vnet_tcp_python": round(
-                                     (paths["vnet_tcp_python"].rtt_ms - native.rtt_ms) / HOPS, 4),
-                                 "python_floor": round((floor.rtt_ms - native.rtt_ms) / HOPS, 4),
-                                 "c_floor": round((c_floor.rtt_ms - native.rtt_ms) / HOPS, 4),
-                                 "tinc": round((tinc.rtt_ms - native.rtt_ms) / HOPS, 4)},
+        "rtt_added_per_hop_ms": {name: round(ms, 4) for name, ms in added.items()},
         "chart": "forwarder_throughput.png",
     }
     goals = [

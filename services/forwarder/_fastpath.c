@@ -173,7 +173,7 @@ static PyObject *Switch_configure(Switch *self, PyObject *args, PyObject *kw)
     Py_RETURN_NONE;
 }
 
-/* obj.name += delta for a Python int attribute or dict item. */
+/* obj.name += delta for a Python int attribute. */
 static int add_attr(PyObject *obj, PyObject *name, long long delta)
 {
     PyObject *old = PyObject_GetAttr(obj, name);
@@ -190,20 +190,14 @@ static int add_attr(PyObject *obj, PyObject *name, long long delta)
     return r;
 }
 
+/* dict[key] += delta for a Python int item (missing counts as 0). */
 static int add_item(PyObject *dict, PyObject *key, long long delta)
 {
     PyObject *old = PyDict_GetItemWithError(dict, key); /* borrowed */
-    if (old == NULL)
-    {
-        if (PyErr_Occurred())
-            return -1;
-        PyObject *d = PyLong_FromLongLong(delta);
-        int r = d ? PyDict_SetItem(dict, key, d) : -1;
-        Py_XDECREF(d);
-        return r;
-    }
+    if (old == NULL && PyErr_Occurred())
+        return -1;
     PyObject *d = PyLong_FromLongLong(delta);
-    PyObject *sum = d ? PyNumber_Add(old, d) : NULL;
+    PyObject *sum = (d == NULL || old == NULL) ? Py_XNewRef(d) : PyNumber_Add(old, d);
     Py_XDECREF(d);
     if (sum == NULL)
         return -1;
@@ -431,13 +425,12 @@ static void GuestReader_dealloc(GuestReader *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *call_with(PyObject *fn, PyObject *arg)
+/* fn(arg), or fn() when arg is NULL; the result is dropped. 0, or -1 on error. */
+static int call_with(PyObject *fn, PyObject *arg)
 {
     PyObject *r = arg ? PyObject_CallOneArg(fn, arg) : PyObject_CallNoArgs(fn);
-    if (r == NULL)
-        return NULL;
-    Py_DECREF(r);
-    Py_RETURN_NONE;
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
 }
 
 static PyObject *GuestReader_readable(GuestReader *self, PyObject *unused)
@@ -469,14 +462,13 @@ static PyObject *GuestReader_readable(GuestReader *self, PyObject *unused)
         Py_DECREF(frame);
     }
     if (slow != NULL) {
-        PyObject *r = call_with(self->on_frames, slow);
+        int r = call_with(self->on_frames, slow);
         Py_DECREF(slow);
-        if (r == NULL)
+        if (r < 0)
             return NULL;
-        Py_DECREF(r);
     }
-    if (failed)
-        return call_with(self->on_error, NULL);
+    if (failed && call_with(self->on_error, NULL) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 

@@ -71,7 +71,8 @@ def _forwarder(args: argparse.Namespace) -> int:
 
 def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop by default: its loop runs in C, so a wake-up that the compiled fast
-    path handles runs no bytecode at all (about 0.1 ms less per overlay hop here)."""
+    path handles runs no bytecode at all (ping RTT over one hop here: 0.33 ms on
+    uvloop, 0.50 ms on asyncio's loop, both with the fast path)."""
     if name == "asyncio":
         return None
     import uvloop

@@ -70,6 +70,7 @@ if compiled is not None:
         """
 
         def __init__(self, owner: LinkOwner, dialer: bool, link: Any = None) -> None:
+            # StreamBase's (empty) __init__ comes first in the MRO: name StreamConn's.
             StreamConn.__init__(self, owner, dialer, link)
 
         def _make_buffer(self) -> None:
