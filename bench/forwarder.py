@@ -18,7 +18,7 @@ The same two guests talk through each path in turn, in one run:
   which the design (user-space relaying over TCP);
 - vnet_tcp / vnet_udp: one `vnet forwarder` per host (launch.py), the star
   link over TCP or UDP, counting on and publishing frames.<host> at 20 Hz to a
-  broker with a subscriber (`vnet tail`, whose lines show the rate was kept);
+  broker with a subscriber (`vnet tail --rate`, whose lines show the rate was kept);
   the forwarders' defaults: uvloop and the compiled fast path;
 - vnet_tcp_off: counting off, no bus (sessions on, off, on);
 - vnet_tcp_python: as vnet_tcp, with every frame in Python on asyncio's own
@@ -430,12 +430,16 @@ def _plot(paths: dict[str, PathResult], path: Path) -> None:
 # ---------------------------------------------------------------- main
 
 
-def _count_topic(tail_out: Path, topic: str) -> int:
-    n = 0
+def _topic_rate(tail_out: Path, topic: str, since: float, until: float) -> float:
+    """Messages per second of topic in the `vnet tail --rate --json` windows ending in
+    [since, until]."""
+    count, secs = 0, 0.0
     for line in tail_out.read_text(errors="replace").splitlines():
-        if line.startswith("{") and json.loads(line).get("topic") == topic:
-            n += 1
-    return n
+        row = json.loads(line) if line.startswith("{") else {}
+        if row.get("topic") == topic and since <= row["ts"] <= until:
+            count += row["count"]
+            secs += row["interval_s"]
+    return count / secs if secs else 0.0
 
 
 def _iperf_start(tb: Testbed, s: ForwarderBenchSettings) -> subprocess.Popen[bytes]:
@@ -533,7 +537,7 @@ def run(s: ForwarderBenchSettings, progress: Progress, logs: Path,
         bus = BusSettings(pub=str(broker.info["pub"]), sub=str(broker.info["sub"]))
         tail_out = logs / "tail.jsonl"
         with open(tail_out, "wb") as out:
-            launch.start("tail", ["tail", "--json", "frames.", "--bus-pub", bus.pub,
+            launch.start("tail", ["tail", "--rate", "--json", "frames.", "--bus-pub", bus.pub,
                                   "--bus-sub", bus.sub], stdout=out.fileno())
         servers = [t.popen(t.guest(DST).netns, ["iperf3", "-s"], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL) for t in (tb, tb_b)]
@@ -560,8 +564,7 @@ def run(s: ForwarderBenchSettings, progress: Progress, logs: Path,
                         ("vnet_tcp_python", [*counting, *python], True)]
             for i, (name, extra, with_bus) in enumerate(sessions):
                 progress(f"{name}: starting forwarders")
-                before = _count_topic(tail_out, "frames.h1")
-                started = time.monotonic()
+                started = time.time()
                 with vnet_path(tb, bus if with_bus else None, extra, logs,
                                f"{i}-{name}") as procs:
                     _wait_ping(tb, s, name)
@@ -569,9 +572,10 @@ def run(s: ForwarderBenchSettings, progress: Progress, logs: Path,
                     _measure(tb, s, paths[name], name, progress,
                              s.session_runs_1 if split else s.runs_1,
                              1 if split else s.runs_4, procs)
-                    elapsed = time.monotonic() - started
+                    time.sleep(1.1)  # the tail's window that holds the end of the session
+                    ended = time.time()
                 if with_bus:
-                    rate = (_count_topic(tail_out, "frames.h1") - before) / elapsed
+                    rate = _topic_rate(tail_out, "frames.h1", started + 1.0, ended)
                     rates = paths[name].extra.setdefault("frames_h1_published_hz", [])
                     assert isinstance(rates, list)
                     rates.append(round(rate, 1))

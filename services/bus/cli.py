@@ -17,6 +17,13 @@ from services.bus.client import BusClient
 from services.bus.sample import serve
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def _host_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host", default=socket.gethostname(), help="host name in sources and logs"
@@ -67,15 +74,29 @@ def _tail(args: argparse.Namespace) -> int:
     buslog.configure("tail", args.host, json_lines=False, level=args.log_level)
     client = BusClient(settings.from_args(args), "tail", args.host)
     try:
-        tail.run(
-            client,
-            args.prefix,
-            args.source,
-            sys.stdout,
-            tail.as_json if args.json else tail.as_text,
-            count=args.count,
-            duration_s=args.duration,
-        )
+        if args.rate is not None:
+            if args.count is not None:
+                raise SystemExit("vnet tail: --count counts printed messages; with --rate,"
+                                 " stop with --duration")
+            tail.run_rates(
+                client,
+                args.prefix,
+                args.source,
+                sys.stdout,
+                tail.TopicRate.as_json if args.json else tail.TopicRate.as_text,
+                every_s=args.rate,
+                duration_s=args.duration,
+            )
+        else:
+            tail.run(
+                client,
+                args.prefix,
+                args.source,
+                sys.stdout,
+                tail.as_json if args.json else tail.as_text,
+                count=args.count,
+                duration_s=args.duration,
+            )
     except KeyboardInterrupt:
         pass
     finally:
@@ -119,6 +140,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="only messages from sources matching this glob (repeatable)")
     p.add_argument("--json", action="store_true",
                    help="one JSON object a line: topic, source, seq, ts, body")
+    p.add_argument("--rate", type=_positive_float, nargs="?", const=1.0, metavar="SECONDS",
+                   help="print each topic's message rate every SECONDS (default 1)"
+                   " instead of the messages")
     p.add_argument("--count", type=int, help="stop after this many messages")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     _host_arg(p)

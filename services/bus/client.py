@@ -100,9 +100,15 @@ class BusClient:
 
     def publish(self, topic: str, payload: Message, now: float | None = None) -> None:
         """Send one message; never blocks (dropped by ZeroMQ at the HWM)."""
+        self.publish_wire(topic, envelope.payload_field(payload), payload.SerializeToString(),
+                          now)
+
+    def publish_wire(self, topic: str, field: str, payload: bytes,
+                     now: float | None = None) -> None:
+        """As publish, for a payload already in wire form; field is its Envelope field."""
         seq = self._seqs[topic] = self._seqs.get(topic, 0) + 1
-        topic_frame, body = self._encoder.encode(
-            topic, seq, time.time() if now is None else now, payload
+        topic_frame, body = self._encoder.encode_wire(
+            topic, field, seq, time.time() if now is None else now, payload
         )
         try:
             # Two sends with int flags: a third of send_multipart's cost.

@@ -7,12 +7,11 @@ Each failure raises :class:`BadMessage` whose ``reason`` names a counter.
 
 from __future__ import annotations
 
-import struct
 from typing import NamedTuple
 
 from google.protobuf.message import DecodeError, Message
 
-from services.bus import topics
+from services.bus import topics, wire
 from services.bus.pb import vnet_pb2 as pb
 
 SCHEMA_VERSION = 1
@@ -28,23 +27,13 @@ _PAYLOAD_FIELDS = {
 _TOPIC_CACHE_LIMIT = 1024
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def _tag(field: str, wire_type: int) -> bytes:
-    return _varint((pb.Envelope.DESCRIPTOR.fields_by_name[field].number << 3) | wire_type)
+    return wire.tag(pb.Envelope.DESCRIPTOR.fields_by_name[field].number, wire_type)
 
 
-_SEQ_TAG = _tag("seq", 0)  # varint
-_TS_TAG = _tag("ts", 1)  # 64-bit
-_DOUBLE = struct.Struct("<d")
-_PAYLOAD_TAGS = {name: _tag(name, 2) for name in _PAYLOAD_FIELDS.values()}  # length-delimited
+_SEQ_TAG = _tag("seq", wire.VARINT)
+_TS_TAG = _tag("ts", wire.FIXED64)
+_PAYLOAD_TAGS = {name: _tag(name, wire.LENGTH) for name in _PAYLOAD_FIELDS.values()}
 
 
 class BadMessage(ValueError):
@@ -130,11 +119,17 @@ class Encoder:
         return raw
 
     def encode(self, topic: str, seq: int, ts: float, payload: Message) -> tuple[bytes, bytes]:
-        field = payload_field(payload)
-        body = payload.SerializeToString()
+        return self.encode_wire(topic, payload_field(payload), seq, ts,
+                                payload.SerializeToString())
+
+    def encode_wire(self, topic: str, field: str, seq: int, ts: float,
+                    body: bytes) -> tuple[bytes, bytes]:
+        """As encode, for a payload already in wire form; field is its Envelope field."""
+        if field not in _PAYLOAD_TAGS:
+            raise TypeError(f"{field!r} is not an Envelope payload field")
         return self._topic(topic, field), b"".join((
-            self._head, _SEQ_TAG, _varint(seq), _TS_TAG, _DOUBLE.pack(ts),
-            _PAYLOAD_TAGS[field], _varint(len(body)), body,
+            self._head, _SEQ_TAG, wire.varint(seq), _TS_TAG, wire.DOUBLE.pack(ts),
+            _PAYLOAD_TAGS[field], wire.varint(len(body)), body,
         ))
 
 

@@ -7,6 +7,7 @@ import fnmatch
 import json
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -86,5 +87,73 @@ async def follow(
     return printed
 
 
+@dataclass(frozen=True)
+class TopicRate:
+    """How many messages of one topic arrived in one window."""
+
+    ts: float  # wall clock at the window's end
+    topic: str
+    count: int
+    interval_s: float
+
+    @property
+    def rate_hz(self) -> float:
+        return self.count / self.interval_s if self.interval_s > 0 else 0.0
+
+    def as_json(self) -> str:
+        return json.dumps({"ts": round(self.ts, 3), "topic": self.topic, "count": self.count,
+                           "interval_s": round(self.interval_s, 4),
+                           "rate_hz": round(self.rate_hz, 2)}, separators=(",", ":"))
+
+    def as_text(self) -> str:
+        stamp = datetime.fromtimestamp(self.ts, tz=UTC).strftime("%H:%M:%S")
+        return (f"{stamp} {self.topic:<28} {self.rate_hz:8.1f}/s"
+                f"  ({self.count} in {self.interval_s:.2f}s)")
+
+
+async def follow_rates(
+    client: BusClient,
+    prefixes: Sequence[str],
+    sources: Sequence[str],
+    out: TextIO,
+    render: Callable[[TopicRate], str],
+    every_s: float = 1.0,
+    duration_s: float | None = None,
+) -> int:
+    """Print each topic's message rate every every_s seconds; returns the messages counted.
+
+    Whether a publisher keeps its rate, without rendering each message: at
+    20 Hz from many forwarders, printing every message costs the subscriber
+    far more than receiving it.
+    """
+    for prefix in prefixes or [""]:
+        client.subscribe(prefix)
+    loop = asyncio.get_running_loop()
+    start = window = loop.time()
+    end = None if duration_s is None else start + duration_s
+    counts: dict[str, int] = {}
+    total = 0
+    while True:
+        now = loop.time()
+        if now >= window + every_s or (end is not None and now >= end):
+            wall = time.time()
+            for topic in sorted(counts):
+                out.write(render(TopicRate(wall, topic, counts[topic], now - window)) + "\n")
+            out.flush()
+            counts.clear()
+            window = now
+            if end is not None and now >= end:
+                return total
+        wake = window + every_s if end is None else min(window + every_s, end)
+        for msg in await client.recv_batch(timeout=max(0.0, wake - loop.time())):
+            if matches_source(msg, sources):
+                counts[msg.topic] = counts.get(msg.topic, 0) + 1
+                total += 1
+
+
 def run(client: BusClient, *args: Any, **kwargs: Any) -> int:
     return asyncio.run(follow(client, *args, **kwargs))
+
+
+def run_rates(client: BusClient, *args: Any, **kwargs: Any) -> int:
+    return asyncio.run(follow_rates(client, *args, **kwargs))

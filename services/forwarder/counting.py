@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from services.bus.paircols import PairRow
 from services.forwarder.ethernet import mac_to_str
 
 # Beyond this many distinct pairs, new pairs go into one overflow counter
@@ -49,7 +50,12 @@ class PairCounter:
 
     def cut(self) -> list[PairDelta]:
         """The pairs that saw traffic since the last cut, sorted; starts a new interval."""
-        out: list[PairDelta] = []
+        return [PairDelta(*row) for row in self.cut_rows()]
+
+    def cut_rows(self) -> list[PairRow]:
+        """As cut, as plain rows (src, dst, frames, bytes, total frames, total bytes):
+        what the publisher encodes, with no object per pair."""
+        out: list[PairRow] = []
         names = self._names
         for key, c in self.pairs.items():
             frames, nbytes, last_frames, last_bytes = c
@@ -57,19 +63,11 @@ class PairCounter:
                 name = names.get(key)
                 if name is None:
                     name = names[key] = (mac_to_str(key[6:12]), mac_to_str(key[0:6]))
-                out.append(
-                    PairDelta(
-                        src_mac=name[0],
-                        dst_mac=name[1],
-                        frames=frames - last_frames,
-                        bytes=nbytes - last_bytes,
-                        total_frames=frames,
-                        total_bytes=nbytes,
-                    )
-                )
+                out.append((name[0], name[1], frames - last_frames, nbytes - last_bytes,
+                            frames, nbytes))
                 c[2] = frames
                 c[3] = nbytes
-        out.sort(key=lambda d: (d.src_mac, d.dst_mac))
+        out.sort()
         return out
 
     def totals(self) -> dict[tuple[str, str], tuple[int, int]]:

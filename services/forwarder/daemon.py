@@ -23,6 +23,7 @@ from services.bus import log as buslog
 from services.bus import topics
 from services.bus.client import BusClient
 from services.bus.counters import Counters
+from services.bus.paircols import frame_counts_wire
 from services.bus.pb import vnet_pb2 as pb
 from services.forwarder import desired, fastpath, framing, messages
 from services.forwarder.attach import (
@@ -85,6 +86,7 @@ class Forwarder:
         self.generation = 0
         self.rule_messages: list[pb.Rule] = []
         self.interval_index = 0
+        self._frames_topic = topics.join(topics.FRAMES, settings.host)
         self.cpu_watch = CpuWatch()
         self.cgroups = ""  # how the cgroup files were found (mount_private_cgroups)
         self.host_cpu = pb.HostCpu()  # sampled once per state interval
@@ -914,9 +916,9 @@ class Forwarder:
     def publish_frames(self, interval_s: float) -> None:
         assert self.bus is not None
         self.interval_index += 1
-        msg = messages.frame_counts(self.s.host, self.interval_index, interval_s,
-                                    self.core.pairs.cut())
-        self.bus.publish(topics.join(topics.FRAMES, self.s.host), msg)
+        body = frame_counts_wire(self.s.host, self.interval_index, interval_s,
+                                 self.core.pairs.cut_rows())
+        self.bus.publish_wire(self._frames_topic, "frame_counts", body)
 
     def publish_links_and_state(self, interval_s: float, periodic: bool = True) -> None:
         assert self.bus is not None

@@ -5,25 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from services.bus.paircols import to_columns
 from services.bus.pb import vnet_pb2 as pb
-from services.forwarder.counting import PairDelta
 from services.forwarder.linkstate import LinkStats
-
-
-def frame_counts(
-    host: str, interval_index: int, interval_s: float, deltas: Iterable[PairDelta]
-) -> pb.FrameCounts:
-    """One interval's counts, as packed columns (what readers decode fastest)."""
-    return pb.FrameCounts(
-        host=host,
-        interval_index=interval_index,
-        interval_s=interval_s,
-        columns=to_columns(
-            (d.src_mac, d.dst_mac, d.frames, d.bytes, d.total_frames, d.total_bytes)
-            for d in deltas
-        ),
-    )
 
 
 @dataclass(frozen=True)

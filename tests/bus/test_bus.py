@@ -12,6 +12,7 @@ import zmq
 from services.bus import envelope
 from services.bus.client import BusClient
 from services.bus.envelope import BusMessage
+from services.bus.paircols import frame_counts_wire, rows_of
 from services.bus.pb import vnet_pb2 as pb
 from services.bus.settings import BusSettings
 from tests.bus.samples import SAMPLES
@@ -47,6 +48,22 @@ async def test_every_message_type_crosses_the_broker(bus: BusSettings, make_clie
     assert {m.kind: m.payload for m in got} == {k: p for k, (_, p) in sent.items()}
     assert all(m.source == "pub@t" for m in got)
     assert [m.seq for m in got] == sorted(m.seq for m in got)
+
+
+async def test_a_payload_published_in_wire_form_arrives_as_that_message(
+        bus: BusSettings, make_client: MakeClient) -> None:
+    sub, pub = make_client(bus, "sub"), make_client(bus, "pub")
+    sub.subscribe("frames.h1")
+    await sub.ready()
+    await pub.ready()
+    rows = [("02:00:00:00:00:01", "02:00:00:00:00:02", 3, 300, 9, 900)]
+    pub.publish_wire("frames.h1", "frame_counts", frame_counts_wire("h1", 4, 0.05, rows))
+    pub.publish("frames.h1", pb.FrameCounts(host="h1", interval_index=5))
+    got = await collect(sub, 2)
+    assert [m.kind for m in got] == ["frame_counts", "frame_counts"]
+    assert rows_of(got[0].payload) == rows  # type: ignore[arg-type]
+    assert [m.seq for m in got] == [1, 2]  # one sequence per topic, whichever way it was sent
+    assert pub.counters["sent"] >= 2
 
 
 async def test_broker_fans_out_to_every_subscriber(bus: BusSettings, make_client: MakeClient

@@ -90,3 +90,47 @@ def test_generated_schema_modules_are_fresh(tmp_path: Path) -> None:
     for name in ("vnet_pb2.py", "vnet_pb2.pyi"):
         assert (tmp_path / name).read_text() == (root / "services/bus/pb" / name).read_text(), (
             f"{name} is stale: run `make proto` and commit the result")
+
+
+async def test_tail_rate_counts_each_topic_per_window(launcher: Launcher, bus: BusSettings
+                                                      ) -> None:
+    tail = launcher.start("tail", ["tail", "--rate", "0.5", "--json", "--duration", "6",
+                                   "--source", "op@*", "--bus-pub", bus.pub,
+                                   "--bus-sub", bus.sub, "frames."],
+                          stdout=subprocess.PIPE)
+    pub = BusClient(bus, "op", "h1")
+    other = BusClient(bus, "other", "h1")
+    sent = {"frames.h1": 0, "frames.h2": 0}
+    try:
+        await pub.ready()
+        while tail.popen.poll() is None:
+            for topic, every in (("frames.h1", 1), ("frames.h2", 2)):  # h2 at half the rate
+                if sent["frames.h1"] % every == 0:
+                    pub.publish(topic, pb.FrameCounts(host=topic[-2:]))
+                    sent[topic] += 1
+            other.publish("frames.h3", pb.FrameCounts(host="h3"))  # another source: left out
+            other.publish("state.h1", pb.ForwarderState(host="h1"))  # another topic: not asked
+            time.sleep(0.02)
+        out, _ = tail.popen.communicate(timeout=10)
+    finally:
+        pub.close()
+        other.close()
+    assert tail.popen.returncode == 0
+    rows = [json.loads(line) for line in out.decode().splitlines()]
+    assert {r["topic"] for r in rows} == {"frames.h1", "frames.h2"}
+    assert all(list(r) == ["ts", "topic", "count", "interval_s", "rate_hz"] for r in rows)
+    counted = {t: sum(r["count"] for r in rows if r["topic"] == t) for t in sent}
+    # tail subscribes on its own schedule, so it may miss the first messages, never more
+    assert 0.5 * sent["frames.h1"] < counted["frames.h1"] <= sent["frames.h1"]
+    assert 0.5 * sent["frames.h2"] < counted["frames.h2"] <= sent["frames.h2"]
+    windows = [r for r in rows if r["topic"] == "frames.h1"]
+    assert len(windows) >= 8 and all(0.3 < r["interval_s"] < 0.8 for r in windows[:-1])
+    for r in windows[:-1]:
+        assert r["rate_hz"] == pytest.approx(r["count"] / r["interval_s"], rel=0.01, abs=0.02)
+    assert 1.6 < counted["frames.h1"] / counted["frames.h2"] < 2.4  # h2 went at half h1's rate
+
+
+def test_tail_rate_refuses_count() -> None:
+    r = subprocess.run([*VNET, "tail", "--rate", "--count", "3"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode != 0 and "--duration" in r.stderr

@@ -121,3 +121,15 @@ def test_fast_encoder_bytes_parse_as_the_reference_encoding(kind: str) -> None:
 def test_fast_encoder_checks_topic_and_payload() -> None:
     with pytest.raises(TypeError, match="carries heartbeat"):
         envelope.Encoder("s@h", 1).encode("heartbeat.x", 1, 0.0, pb.Plan())
+    with pytest.raises(TypeError, match="carries frame_counts"):
+        envelope.Encoder("s@h", 1).encode_wire("frames.h1", "plan", 1, 0.0, b"")
+    with pytest.raises(TypeError, match="not an Envelope payload"):
+        envelope.Encoder("s@h", 1).encode_wire("frames.h1", "no_such_field", 1, 0.0, b"")
+
+
+@pytest.mark.parametrize("kind", PAYLOAD_FIELDS)
+def test_a_payload_in_wire_form_encodes_as_the_message_would(kind: str) -> None:
+    topic, payload = SAMPLES[kind]
+    enc = envelope.Encoder("svc@h", 9)
+    assert enc.encode_wire(topic, kind, 7, 1.5, payload.SerializeToString()) == enc.encode(
+        topic, 7, 1.5, payload)

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from services.bus.paircols import rows_of
+from services.bus.paircols import frame_counts_wire, rows_of
 from services.bus.pb import vnet_pb2 as pb
 from services.forwarder import desired, ethernet, framing, messages
 from services.forwarder.core import NO_ROUTE, CompiledRule, ForwarderCore, PortKind
@@ -233,9 +233,9 @@ def test_pair_counter_cuts_intervals_and_keeps_totals() -> None:
     assert [(d.src_mac, d.dst_mac, d.frames, d.bytes) for d in first] == [(G1, G2, 2, 150)]
     assert c.cut() == []
     c.add(key, 10)
-    (d,) = c.cut()
-    assert (d.frames, d.bytes, d.total_frames, d.total_bytes) == (1, 10, 3, 160)
-    msg = messages.frame_counts("h1", 3, 0.05, [d])
+    rows = c.cut_rows()
+    assert rows == [(G1, G2, 1, 10, 3, 160)]
+    msg = pb.FrameCounts.FromString(frame_counts_wire("h1", 3, 0.05, rows))
     assert rows_of(msg) == [(G1, G2, 1, 10, 3, 160)] and msg.interval_index == 3
     assert list(msg.columns.macs) == [G1, G2] and not msg.pairs
 

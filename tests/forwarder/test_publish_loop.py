@@ -24,6 +24,9 @@ class RecordingBus:
     def publish(self, topic: str, msg: Any) -> None:
         self.topics.append(topic)
 
+    def publish_wire(self, topic: str, field: str, body: bytes) -> None:
+        self.topics.append(topic)
+
 
 @pytest.mark.parametrize("loop_factory", [uvloop.new_event_loop, None], ids=["uvloop", "asyncio"])
 def test_the_publish_loop_sleeps_once_per_publish(loop_factory: Any) -> None:
