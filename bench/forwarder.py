@@ -82,7 +82,7 @@ class ForwarderBenchSettings:
     runs_1: int = 3  # single-stream runs per path
     runs_4: int = 2  # 4-stream runs per path
     session_runs_1: int = 2  # vnet_tcp sessions (on, off, on), 1 4-stream run each
-    cost_rounds: int = 4  # paired on/off rounds, roles swapped each round
+    cost_rounds: int = 6  # paired on/off rounds, roles swapped each round
     cost_runs: int = 2  # simultaneous iperf3 pairs per round
     pings: int = 200  # RTT medians of 50 pings spread by 0.1-0.2 ms between runs here
     ping_interval_s: float = 0.01

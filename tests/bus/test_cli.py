@@ -100,14 +100,18 @@ async def test_tail_rate_counts_each_topic_per_window(launcher: Launcher, bus: B
                           stdout=subprocess.PIPE)
     pub = BusClient(bus, "op", "h1")
     other = BusClient(bus, "other", "h1")
-    sent = {"frames.h1": 0, "frames.h2": 0}
+    sent = {"frames.h1": 0, "frames.h2": 0, "frames.h4": 0}
     try:
         await pub.ready()
+        quiet_after = time.monotonic() + 2.5
         while tail.popen.poll() is None:
             for topic, every in (("frames.h1", 1), ("frames.h2", 2)):  # h2 at half the rate
                 if sent["frames.h1"] % every == 0:
                     pub.publish(topic, pb.FrameCounts(host=topic[-2:]))
                     sent[topic] += 1
+            if time.monotonic() < quiet_after:  # h4 goes quiet after 2.5 s
+                pub.publish("frames.h4", pb.FrameCounts(host="h4"))
+                sent["frames.h4"] += 1
             other.publish("frames.h3", pb.FrameCounts(host="h3"))  # another source: left out
             other.publish("state.h1", pb.ForwarderState(host="h1"))  # another topic: not asked
             time.sleep(0.02)
@@ -117,7 +121,7 @@ async def test_tail_rate_counts_each_topic_per_window(launcher: Launcher, bus: B
         other.close()
     assert tail.popen.returncode == 0
     rows = [json.loads(line) for line in out.decode().splitlines()]
-    assert {r["topic"] for r in rows} == {"frames.h1", "frames.h2"}
+    assert {r["topic"] for r in rows} == {"frames.h1", "frames.h2", "frames.h4"}
     assert all(list(r) == ["ts", "topic", "count", "interval_s", "rate_hz"] for r in rows)
     counted = {t: sum(r["count"] for r in rows if r["topic"] == t) for t in sent}
     # tail subscribes on its own schedule, so it may miss the first messages, never more
@@ -128,6 +132,9 @@ async def test_tail_rate_counts_each_topic_per_window(launcher: Launcher, bus: B
     for r in windows[:-1]:
         assert r["rate_hz"] == pytest.approx(r["count"] / r["interval_s"], rel=0.01, abs=0.02)
     assert 1.6 < counted["frames.h1"] / counted["frames.h2"] < 2.4  # h2 went at half h1's rate
+    quiet = [r for r in rows if r["topic"] == "frames.h4"]
+    assert quiet[0]["count"] > 0 and [r["count"] for r in quiet[-4:]] == [0, 0, 0, 0]
+    assert 0.5 * sent["frames.h4"] < counted["frames.h4"] <= sent["frames.h4"]
 
 
 def test_tail_rate_refuses_count() -> None:
