@@ -36,8 +36,9 @@ paired runs; the same ratio of the forwarders' CPU seconds per GB is
 recorded beside it. Both overlays are CPU-bound then, the case where a
 per-frame cost shows most.
 
-Per path: iperf3 TCP g1 -> g2 with 1 and 4 streams (short runs, repeated,
-median) and ping RTT (50 pings, 10 ms apart, median). g1 -> g2 crosses one
+Per path, after one unmeasured iperf3 run (the first run after a switch is
+often slow): iperf3 TCP g1 -> g2 with 1 and 4 streams (short runs, repeated,
+median) and ping RTT (200 pings, 10 ms apart, median). g1 -> g2 crosses one
 overlay link (the star link h1 -> proxy) and two forwarders: that is one
 overlay hop, so the RTT added per hop is vnet's RTT minus native's. For the
 vnet paths the forwarders' own CPU time (user + system, /proc) per GB carried
@@ -79,6 +80,10 @@ class ForwarderBenchSettings:
 
     iperf_s: int = 4  # measured seconds per iperf3 run
     iperf_omit_s: int = 1  # slow start, not counted (iperf3 -O)
+    # An unmeasured iperf3 run of this many seconds first on each path and in each paired
+    # round: the first run after a switch was often 10-30 % slow (the first vnet run, in
+    # three bench runs in a row), whichever path it was.
+    warmup_s: int = 2
     runs_1: int = 3  # single-stream runs per path
     runs_4: int = 2  # 4-stream runs per path
     session_runs_1: int = 2  # vnet_tcp sessions (on, off, on), 1 4-stream run each
@@ -196,6 +201,18 @@ def _iperf(tb: Testbed, s: ForwarderBenchSettings, streams: int) -> float:
     raise RuntimeError(f"iperf3 with {streams} streams failed: {detail}")
 
 
+def _warm_up(tbs: tuple[Testbed, ...], s: ForwarderBenchSettings) -> None:
+    """One unmeasured iperf3 run on each testbed at once; a failure shows in the runs after."""
+    procs = [tb.popen(tb.guest(SRC).netns, ["iperf3", "-c", tb.guest(DST).ip, "-t",
+                                            str(s.warmup_s)],
+                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for tb in tbs]
+    for proc in procs:
+        try:
+            proc.wait(s.warmup_s + 20)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+
+
 def _ping(tb: Testbed, s: ForwarderBenchSettings) -> list[float]:
     r = tb.run(tb.guest(SRC).netns, ["ping", "-c", str(s.pings), "-i", str(s.ping_interval_s),
                                      tb.guest(DST).ip], check=False, timeout=30)
@@ -218,7 +235,9 @@ def _cpu_s(procs: list[subprocess.Popen[bytes]]) -> float:
 def _measure(tb: Testbed, s: ForwarderBenchSettings, res: PathResult, name: str,
              progress: Progress, runs_1: int, runs_4: int,
              procs: list[subprocess.Popen[bytes]] | None = None) -> None:
-    """Ping, then iperf3 runs; with procs, their CPU seconds per GB carried (1 stream)."""
+    """Warm up, ping, then iperf3 runs; with procs, their CPU seconds per GB carried
+    (1 stream)."""
+    _warm_up((tb,), s)
     res.rtts_ms += _ping(tb, s)
     for _ in range(runs_1):
         before = _cpu_s(procs) if procs else 0.0
@@ -483,6 +502,7 @@ def counting_cost(tbs: tuple[Testbed, Testbed], s: ForwarderBenchSettings, bus: 
                 vnet_path(off_tb, None, ["--no-counting"], logs, f"cost{r}-off") as off_procs:
             _wait_ping(on_tb, s, "paired on")
             _wait_ping(off_tb, s, "paired off")
+            _warm_up((on_tb, off_tb), s)
             for _ in range(s.cost_runs):
                 before = (_cpu_s(on_procs), _cpu_s(off_procs))
                 on_gbps, off_gbps = _iperf_pair((on_tb, off_tb), s)
