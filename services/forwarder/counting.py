@@ -7,24 +7,12 @@ that key. Intervals are cut by the publisher, not per frame.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from services.bus.paircols import PairRow
 from services.forwarder.ethernet import mac_to_str
 
 # Beyond this many distinct pairs, new pairs go into one overflow counter
 # (a flood of spoofed MACs must not grow memory without bound).
 DEFAULT_MAX_PAIRS = 65_536
-
-
-@dataclass(frozen=True, slots=True)
-class PairDelta:
-    src_mac: str
-    dst_mac: str
-    frames: int
-    bytes: int
-    total_frames: int
-    total_bytes: int
 
 
 class PairCounter:
@@ -48,13 +36,11 @@ class PairCounter:
         c[0] += 1
         c[1] += nbytes
 
-    def cut(self) -> list[PairDelta]:
-        """The pairs that saw traffic since the last cut, sorted; starts a new interval."""
-        return [PairDelta(*row) for row in self.cut_rows()]
+    def cut(self) -> list[PairRow]:
+        """The pairs that saw traffic since the last cut, sorted; starts a new interval.
 
-    def cut_rows(self) -> list[PairRow]:
-        """As cut, as plain rows (src, dst, frames, bytes, total frames, total bytes):
-        what the publisher encodes, with no object per pair."""
+        Plain rows (src, dst, frames, bytes, total frames, total bytes), what
+        the publisher encodes as they are: no object per pair."""
         out: list[PairRow] = []
         names = self._names
         for key, c in self.pairs.items():

@@ -917,7 +917,7 @@ class Forwarder:
         assert self.bus is not None
         self.interval_index += 1
         body = frame_counts_wire(self.s.host, self.interval_index, interval_s,
-                                 self.core.pairs.cut_rows())
+                                 self.core.pairs.cut())
         self.bus.publish_wire(self._frames_topic, "frame_counts", body)
 
     def publish_links_and_state(self, interval_s: float, periodic: bool = True) -> None:
