@@ -68,8 +68,9 @@ class Attachment(Protocol):
     def close(self) -> None: ...
 
 
-class _FdAttachment:
-    """Shared reader for fd-based attachments (AF_PACKET socket, TAP)."""
+class FdAttachment:
+    """Shared reader for fd-based attachments (AF_PACKET socket, TAP): what the
+    compiled fast path can read from and write to directly."""
 
     def __init__(self, spec: GuestSpec, on_frames: FramesCallback, on_error: ErrorCallback) -> None:
         self.spec = spec
@@ -118,7 +119,7 @@ class _FdAttachment:
         self._loop = None
 
 
-class PacketAttachment(_FdAttachment):
+class PacketAttachment(FdAttachment):
     """An existing interface (the host side of a guest's veth), read with AF_PACKET."""
 
     def __init__(self, spec: GuestSpec, on_frames: FramesCallback, on_error: ErrorCallback,
@@ -252,7 +253,7 @@ def big_buffers(sock: socket.socket | Any, size: int = 4 << 20) -> None:
             sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
-class TapAttachment(_FdAttachment):
+class TapAttachment(FdAttachment):
     """A TAP device created here; with netns= it is moved into the guest's namespace."""
 
     def __init__(self, spec: GuestSpec, on_frames: FramesCallback, on_error: ErrorCallback) -> None:

@@ -30,6 +30,7 @@ from services.forwarder.attach import (
     BATCH,
     READ_SIZE,
     Attachment,
+    FdAttachment,
     LinkWatcher,
     PacketAttachment,
     QemuAttachment,
@@ -214,7 +215,7 @@ class Forwarder:
             att = TapAttachment(spec, on_frames, self._att_error)
         else:
             att = QemuAttachment(spec, on_frames, self._att_error, self._max_frame)
-        if self._fast is not None and isinstance(att, PacketAttachment | TapAttachment):
+        if self._fast is not None and isinstance(att, FdAttachment):
             att.fast_reader = fastpath.compiled.GuestReader(
                 att.fd, port, self._fast, on_frames, att.read_frames, READ_SIZE, BATCH).readable
         self._set_sender(port, att.send)
@@ -486,7 +487,7 @@ class Forwarder:
             if port is not None and port.up:
                 if port.kind is PortKind.GUEST:
                     att = self.attachments.get(port.name)
-                    if (isinstance(att, PacketAttachment | TapAttachment) and att.fd >= 0
+                    if (isinstance(att, FdAttachment) and att.fd >= 0
                             and index < len(self.senders) and self.senders[index] == att.send):
                         sink = fastpath.compiled.Sink(att.fd)
                 else:
