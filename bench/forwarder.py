@@ -203,12 +203,10 @@ def _iperf(tb: Testbed, s: ForwarderBenchSettings, streams: int) -> float:
 
 def _warm_up(tbs: tuple[Testbed, ...], s: ForwarderBenchSettings) -> None:
     """One unmeasured iperf3 run on each testbed at once; a failure shows in the runs after."""
-    procs = [tb.popen(tb.guest(SRC).netns, ["iperf3", "-c", tb.guest(DST).ip, "-t",
-                                            str(s.warmup_s)],
-                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for tb in tbs]
+    procs = [_iperf_start(tb, s, s.warmup_s) for tb in tbs]
     for proc in procs:
         try:
-            proc.wait(s.warmup_s + 20)
+            proc.communicate(timeout=s.warmup_s + 20)
         except subprocess.TimeoutExpired:
             _stop(proc)
 
@@ -461,9 +459,11 @@ def _topic_rate(tail_out: Path, topic: str, since: float, until: float) -> float
     return count / secs if secs else 0.0
 
 
-def _iperf_start(tb: Testbed, s: ForwarderBenchSettings) -> subprocess.Popen[bytes]:
-    argv = ["iperf3", "-c", tb.guest(DST).ip, "-t", str(s.iperf_s), "-O", str(s.iperf_omit_s),
-            "-J"]
+def _iperf_start(tb: Testbed, s: ForwarderBenchSettings,
+                 seconds: int | None = None) -> subprocess.Popen[bytes]:
+    """One single-stream iperf3 client, JSON on its stdout; seconds: iperf_s unless given."""
+    argv = ["iperf3", "-c", tb.guest(DST).ip, "-t", str(seconds or s.iperf_s),
+            "-O", str(s.iperf_omit_s), "-J"]
     return tb.popen(tb.guest(SRC).netns, argv, stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL)
 
