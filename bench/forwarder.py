@@ -1,8 +1,11 @@
 """Forwarder benchmark: vnet's data path against the kernel and tinc, side by side.
 
 One embedded testbed, two hosts on one underlay segment (h1 and the proxy),
-guest g1 on h1 and guest g2 on the proxy (veth guests, MTU 1400, offloads on).
-The same two guests talk through each path in turn, in one run:
+MTU 1400 and offloads on for every guest. Two guest pairs, each one guest on
+h1 sending to one on the proxy: g1 -> g2 are veth guests, the only kind the
+kernel paths can bridge; t1 -> t2 are TAP guests, the attachment vnet's
+performance plan puts first and the one a VM's QEMU uses (their interfaces
+exist while vnet's forwarders run). Each path is measured in turn, in one run:
 
 - native: both guests' host-side veths moved into one bridge in a namespace
   made here (not the root namespace: Docker's br_netfilter there drops
@@ -16,10 +19,16 @@ The same two guests talk through each path in turn, in one run:
   into one TCP stream, one event loop, no rules, counting or checks). They
   tell which part of vnet's cost is its own code, which the language, and
   which the design (user-space relaying over TCP);
-- vnet_tcp / vnet_udp: one `vnet forwarder` per host (launch.py), the star
-  link over TCP or UDP, counting on and publishing frames.<host> at 20 Hz to a
-  broker with a subscriber (`vnet tail --rate`, whose lines show the rate was kept);
-  the forwarders' defaults: uvloop and the compiled fast path;
+- vnet_tcp / vnet_udp: one `vnet forwarder` per host (launch.py), t1 -> t2,
+  the star link over TCP or UDP, counting on and publishing frames.<host> at
+  20 Hz to a broker with a subscriber (`vnet tail --rate`, whose lines show the
+  rate was kept); the forwarders' defaults: uvloop and the compiled fast path;
+- vnet_tcp_packet: as vnet_tcp between the veth guests g1 -> g2, which the
+  forwarders read and write with AF_PACKET (PACKET_VNET_HDR), as the floors do.
+  TAP carried 8-10 % more per run here, for 7 % less forwarder CPU per GB
+  (three alternating sessions each, 2026-11-26): a TAP read or write is one
+  queue and one copy, where a frame leaving a veth also passes the host-side
+  peer's receive path before AF_PACKET sees it;
 - vnet_tcp_off: counting off, no bus (sessions on, off, on);
 - vnet_tcp_python: as vnet_tcp, with every frame in Python on asyncio's own
   loop (`--no-fastpath --loop asyncio`): what the fast path saves.
@@ -27,8 +36,8 @@ The same two guests talk through each path in turn, in one run:
 The cost of counting and publishing at 20 Hz is judged by paired runs, not by
 comparing sessions: one session after another, throughput on this shared
 2-core machine drifts by 10-20 %, far more than the few percent at stake. A
-second, identical testbed is built; in each round one testbed runs vnet with
-counting and publishing on, the other with counting off and no bus, and
+second, identical testbed is built; in each round one testbed runs vnet (TAP
+guests) with counting and publishing on, the other with counting off and no bus, and
 iperf3 runs on both at the same time, so both see the same machine state.
 The roles swap every round (cancelling any difference between the two
 testbeds). The judged figure is 1 - median(on / off throughput) over the
@@ -37,12 +46,12 @@ recorded beside it. Both overlays are CPU-bound then, the case where a
 per-frame cost shows most.
 
 Per path, after one unmeasured iperf3 run (the first run after a switch is
-often slow): iperf3 TCP g1 -> g2 with 1 and 4 streams (short runs, repeated,
-median) and ping RTT (200 pings, 10 ms apart, median). g1 -> g2 crosses one
-overlay link (the star link h1 -> proxy) and two forwarders: that is one
-overlay hop, so the RTT added per hop is vnet's RTT minus native's. For the
-vnet paths the forwarders' own CPU time (user + system, /proc) per GB carried
-is recorded too.
+often slow): iperf3 TCP from the pair's h1 guest to its proxy guest with 1 and
+4 streams (short runs, repeated, median) and ping RTT (200 pings, 10 ms apart,
+median). Either pair crosses one overlay link (the star link h1 -> proxy) and
+two forwarders: that is one overlay hop, so the RTT added per hop is vnet's
+RTT minus native's. For the vnet paths the forwarders' own CPU time (user +
+system, /proc) per GB carried is recorded too.
 """
 
 from __future__ import annotations
@@ -105,10 +114,23 @@ SPEC = {
     "guest_mtu": 1400,
     "site": [{"name": "c"}],
     "host": [{"name": "proxy", "site": "c", "proxy": True}, {"name": "h1", "site": "c"}],
-    "guest": [{"name": "g1", "host": "h1"}, {"name": "g2", "host": "proxy"}],
+    "guest": [{"name": "g1", "host": "h1"}, {"name": "g2", "host": "proxy"},
+              {"name": "t1", "host": "h1", "attach": "tap"},
+              {"name": "t2", "host": "proxy", "attach": "tap"}],
 }
-SRC, DST = "g1", "g2"
-HOPS = 1  # g1 (h1) -> star link -> g2 (proxy)
+
+
+@dataclass(frozen=True)
+class GuestPair:
+    """The two guests a path is measured between: src on h1 sends to dst on the proxy."""
+
+    src: str
+    dst: str
+
+
+VETH = GuestPair("g1", "g2")  # the kernel paths, the floors, vnet with AF_PACKET
+TAP = GuestPair("t1", "t2")  # vnet with TAP attachments (its interfaces exist while it runs)
+HOPS = 1  # h1 -> star link -> proxy
 
 
 @dataclass
@@ -175,23 +197,25 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(5)
 
 
-def _wait_ping(tb: Testbed, s: ForwarderBenchSettings, what: str) -> None:
+def _wait_ping(tb: Testbed, s: ForwarderBenchSettings, what: str,
+               pair: GuestPair = VETH) -> None:
     deadline = time.monotonic() + s.ready_timeout_s
-    dst = tb.guest(DST).ip
+    dst = tb.guest(pair.dst).ip
     while time.monotonic() < deadline:
-        r = tb.run(tb.guest(SRC).netns, ["ping", "-c", "1", "-W", "1", dst], check=False)
+        r = tb.run(tb.guest(pair.src).netns, ["ping", "-c", "1", "-W", "1", dst], check=False)
         if r.returncode == 0:
             return
-    raise RuntimeError(f"{what}: {SRC} cannot ping {DST} within {s.ready_timeout_s:g}s")
+    raise RuntimeError(f"{what}: {pair.src} cannot ping {pair.dst} within"
+                       f" {s.ready_timeout_s:g}s")
 
 
-def _iperf(tb: Testbed, s: ForwarderBenchSettings, streams: int) -> float:
+def _iperf(tb: Testbed, s: ForwarderBenchSettings, streams: int, pair: GuestPair) -> float:
     """Gbit/s received by the server in one iperf3 run (two tries)."""
-    argv = ["iperf3", "-c", tb.guest(DST).ip, "-t", str(s.iperf_s), "-O", str(s.iperf_omit_s),
+    argv = ["iperf3", "-c", tb.guest(pair.dst).ip, "-t", str(s.iperf_s), "-O", str(s.iperf_omit_s),
             "-P", str(streams), "-J"]
     detail = ""
     for _ in range(2):
-        r = tb.run(tb.guest(SRC).netns, argv, check=False,
+        r = tb.run(tb.guest(pair.src).netns, argv, check=False,
                    timeout=s.iperf_s + s.iperf_omit_s + 20)
         if r.returncode == 0:
             doc = json.loads(r.stdout)
@@ -201,9 +225,9 @@ def _iperf(tb: Testbed, s: ForwarderBenchSettings, streams: int) -> float:
     raise RuntimeError(f"iperf3 with {streams} streams failed: {detail}")
 
 
-def _warm_up(tbs: tuple[Testbed, ...], s: ForwarderBenchSettings) -> None:
+def _warm_up(tbs: tuple[Testbed, ...], s: ForwarderBenchSettings, pair: GuestPair) -> None:
     """One unmeasured iperf3 run on each testbed at once; a failure shows in the runs after."""
-    procs = [_iperf_start(tb, s, s.warmup_s) for tb in tbs]
+    procs = [_iperf_start(tb, s, pair, s.warmup_s) for tb in tbs]
     for proc in procs:
         try:
             proc.communicate(timeout=s.warmup_s + 20)
@@ -211,9 +235,10 @@ def _warm_up(tbs: tuple[Testbed, ...], s: ForwarderBenchSettings) -> None:
             _stop(proc)
 
 
-def _ping(tb: Testbed, s: ForwarderBenchSettings) -> list[float]:
-    r = tb.run(tb.guest(SRC).netns, ["ping", "-c", str(s.pings), "-i", str(s.ping_interval_s),
-                                     tb.guest(DST).ip], check=False, timeout=30)
+def _ping(tb: Testbed, s: ForwarderBenchSettings, pair: GuestPair) -> list[float]:
+    r = tb.run(tb.guest(pair.src).netns, ["ping", "-c", str(s.pings), "-i",
+                                          str(s.ping_interval_s), tb.guest(pair.dst).ip],
+               check=False, timeout=30)
     rtts = [float(part.split("=")[1]) for line in r.stdout.splitlines()
             for part in line.split() if part.startswith("time=")]
     if len(rtts) < s.pings // 2:
@@ -232,20 +257,21 @@ def _cpu_s(procs: list[subprocess.Popen[bytes]]) -> float:
 
 def _measure(tb: Testbed, s: ForwarderBenchSettings, res: PathResult, name: str,
              progress: Progress, runs_1: int, runs_4: int,
-             procs: list[subprocess.Popen[bytes]] | None = None) -> None:
+             procs: list[subprocess.Popen[bytes]] | None = None,
+             pair: GuestPair = VETH) -> None:
     """Warm up, ping, then iperf3 runs; with procs, their CPU seconds per GB carried
     (1 stream)."""
-    _warm_up((tb,), s)
-    res.rtts_ms += _ping(tb, s)
+    _warm_up((tb,), s, pair)
+    res.rtts_ms += _ping(tb, s, pair)
     for _ in range(runs_1):
         before = _cpu_s(procs) if procs else 0.0
-        gbps = _iperf(tb, s, 1)
+        gbps = _iperf(tb, s, 1, pair)
         res.runs_1_gbps.append(gbps)
         if procs:
             carried_gb = gbps / 8 * (s.iperf_s + s.iperf_omit_s)
             res.cpu_s_per_gb.append((_cpu_s(procs) - before) / carried_gb)
     for _ in range(runs_4):
-        res.runs_4_gbps.append(_iperf(tb, s, 4))
+        res.runs_4_gbps.append(_iperf(tb, s, 4, pair))
     cpu = f", forwarders {res.cpu_per_gb:.2f} CPU-s/GB" if res.cpu_s_per_gb else ""
     progress(f"{name}: 1 stream {[round(x, 2) for x in res.runs_1_gbps]} Gbit/s,"
              f" 4 streams {[round(x, 2) for x in res.runs_4_gbps]},"
@@ -259,7 +285,8 @@ def _measure(tb: Testbed, s: ForwarderBenchSettings, res: PathResult, name: str,
 def native_path(tb: Testbed) -> Iterator[None]:
     """Both guests' host-side veths on one bridge in a namespace of our own."""
     ns = f"{tb.prefix}-nat"
-    homes = [(tb.guest(g).host_ifname, tb.host_netns(tb.guest(g).host)) for g in (SRC, DST)]
+    homes = [(tb.guest(g).host_ifname, tb.host_netns(tb.guest(g).host))
+             for g in (VETH.src, VETH.dst)]
     subprocess.run(["ip", "netns", "add", ns], check=True)
     moved: list[tuple[str, str]] = []
     try:
@@ -283,7 +310,7 @@ def vxlan_path(tb: Testbed, s: ForwarderBenchSettings) -> Iterator[None]:
     """A VXLAN device per host namespace, bridged to that host's guest."""
     made: list[str] = []
     try:
-        for g, peer in ((SRC, DST), (DST, SRC)):
+        for g, peer in ((VETH.src, VETH.dst), (VETH.dst, VETH.src)):
             host, peer_host = tb.guest(g).host, tb.guest(peer).host
             ns = tb.host_netns(host)
             made.append(ns)
@@ -304,7 +331,7 @@ def vxlan_path(tb: Testbed, s: ForwarderBenchSettings) -> Iterator[None]:
 
 def _tinc_config(tb: Testbed, s: ForwarderBenchSettings, root: Path) -> dict[str, Path]:
     """A tinc 1.0 config per host: switch mode, keys, h1 connects to the proxy."""
-    hosts = [tb.guest(g).host for g in (SRC, DST)]
+    hosts = [tb.guest(g).host for g in (VETH.src, VETH.dst)]
     dirs = {h: root / h for h in hosts}
     for h, d in dirs.items():
         (d / "hosts").mkdir(parents=True)
@@ -344,7 +371,7 @@ def tinc_path(tb: Testbed, s: ForwarderBenchSettings) -> Iterator[None]:
     with tempfile.TemporaryDirectory(prefix="vnet-tinc-") as tmp:
         try:
             dirs = _tinc_config(tb, s, Path(tmp))
-            for g in (DST, SRC):  # the proxy first: h1 connects to it
+            for g in (VETH.dst, VETH.src):  # the proxy first: h1 connects to it
                 host = tb.guest(g).host
                 ns, d = tb.host_netns(host), dirs[host]
                 with open(d / "stderr.log", "wb") as log:
@@ -387,9 +414,9 @@ def floor_path(tb: Testbed, s: ForwarderBenchSettings,
                command: list[str]) -> Iterator[list[subprocess.Popen[bytes]]]:
     """A reference relay (floor_command) in each host namespace, the proxy's end listening."""
     procs: list[subprocess.Popen[bytes]] = []
-    address = tb.underlay_ip(tb.guest(DST).host)
+    address = tb.underlay_ip(tb.guest(VETH.dst).host)
     try:
-        for g, mode in ((DST, "listen"), (SRC, "connect")):
+        for g, mode in ((VETH.dst, "listen"), (VETH.src, "connect")):
             info = tb.guest(g)
             procs.append(tb.popen(tb.host_netns(info.host),
                                   [*command, info.host_ifname, mode, address,
@@ -433,7 +460,7 @@ def _plot(paths: dict[str, PathResult], path: Path) -> None:
     left.bar_label(b4, fmt="%.2f", fontsize=7)
     left.set_xticks(list(xs), names, rotation=20, fontsize=8)
     left.set_ylabel("iperf3 TCP Gbit/s (median)")
-    left.set_title("throughput g1 (h1) -> g2 (proxy)")
+    left.set_title("throughput guest on h1 -> guest on the proxy")
     left.legend(fontsize=8)
     bars = right.bar(list(xs), [paths[n].rtt_ms for n in names], 0.6, color="tab:green")
     right.bar_label(bars, fmt="%.3f", fontsize=7)
@@ -459,12 +486,12 @@ def _topic_rate(tail_out: Path, topic: str, since: float, until: float) -> float
     return count / secs if secs else 0.0
 
 
-def _iperf_start(tb: Testbed, s: ForwarderBenchSettings,
+def _iperf_start(tb: Testbed, s: ForwarderBenchSettings, pair: GuestPair,
                  seconds: int | None = None) -> subprocess.Popen[bytes]:
     """One single-stream iperf3 client, JSON on its stdout; seconds: iperf_s unless given."""
-    argv = ["iperf3", "-c", tb.guest(DST).ip, "-t", str(seconds or s.iperf_s),
+    argv = ["iperf3", "-c", tb.guest(pair.dst).ip, "-t", str(seconds or s.iperf_s),
             "-O", str(s.iperf_omit_s), "-J"]
-    return tb.popen(tb.guest(SRC).netns, argv, stdout=subprocess.PIPE,
+    return tb.popen(tb.guest(pair.src).netns, argv, stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL)
 
 
@@ -477,11 +504,12 @@ def _iperf_end(proc: subprocess.Popen[bytes], s: ForwarderBenchSettings) -> floa
     return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
 
 
-def _iperf_pair(tbs: tuple[Testbed, Testbed], s: ForwarderBenchSettings) -> tuple[float, float]:
+def _iperf_pair(tbs: tuple[Testbed, Testbed], s: ForwarderBenchSettings,
+                pair: GuestPair) -> tuple[float, float]:
     """iperf3 on both testbeds at once (three tries: a server may still be busy)."""
     detail = ""
     for _ in range(3):
-        procs = [_iperf_start(tb, s) for tb in tbs]
+        procs = [_iperf_start(tb, s, pair) for tb in tbs]
         a, b = (_iperf_end(p, s) for p in procs)
         if isinstance(a, float) and isinstance(b, float):
             return a, b
@@ -492,7 +520,8 @@ def _iperf_pair(tbs: tuple[Testbed, Testbed], s: ForwarderBenchSettings) -> tupl
 
 def counting_cost(tbs: tuple[Testbed, Testbed], s: ForwarderBenchSettings, bus: BusSettings,
                   counting: list[str], logs: Path, progress: Progress) -> dict[str, object]:
-    """Counting + publishing on one testbed, off on the other, iperf3 on both at once."""
+    """Counting + publishing on one testbed, off on the other, iperf3 on both at once
+    (TAP guests, as the vnet paths)."""
     tput: list[float] = []
     cpu: list[float] = []
     runs: list[dict[str, float]] = []
@@ -500,12 +529,12 @@ def counting_cost(tbs: tuple[Testbed, Testbed], s: ForwarderBenchSettings, bus: 
         on_tb, off_tb = tbs if r % 2 == 0 else tbs[::-1]
         with vnet_path(on_tb, bus, counting, logs, f"cost{r}-on") as on_procs, \
                 vnet_path(off_tb, None, ["--no-counting"], logs, f"cost{r}-off") as off_procs:
-            _wait_ping(on_tb, s, "paired on")
-            _wait_ping(off_tb, s, "paired off")
-            _warm_up((on_tb, off_tb), s)
+            _wait_ping(on_tb, s, "paired on", TAP)
+            _wait_ping(off_tb, s, "paired off", TAP)
+            _warm_up((on_tb, off_tb), s, TAP)
             for _ in range(s.cost_runs):
                 before = (_cpu_s(on_procs), _cpu_s(off_procs))
-                on_gbps, off_gbps = _iperf_pair((on_tb, off_tb), s)
+                on_gbps, off_gbps = _iperf_pair((on_tb, off_tb), s, TAP)
                 secs = s.iperf_s + s.iperf_omit_s
                 on_cpu = (_cpu_s(on_procs) - before[0]) / (on_gbps / 8 * secs)
                 off_cpu = (_cpu_s(off_procs) - before[1]) / (off_gbps / 8 * secs)
@@ -537,11 +566,13 @@ def run(s: ForwarderBenchSettings, progress: Progress, logs: Path,
                                    " AF_PACKET (vnet header) into one TCP stream"),
         "c_floor": PathResult("the same relay in C (bench/relay_floor.c): what a compiled"
                               " data path of vnet's shape does"),
-        "vnet_tcp": PathResult(f"vnet, star link over TCP, counting on, frames published at"
-                               f" {s.update_rate_hz:g} Hz"),
-        "vnet_udp": PathResult(f"vnet, star link over UDP, counting on, frames published at"
-                               f" {s.update_rate_hz:g} Hz"),
-        "vnet_tcp_off": PathResult("vnet, star link over TCP, counting off, no bus"),
+        "vnet_tcp": PathResult(f"vnet, TAP guests, star link over TCP, counting on, frames"
+                               f" published at {s.update_rate_hz:g} Hz"),
+        "vnet_tcp_packet": PathResult("as vnet_tcp, with the veth guests read and written by"
+                                      " AF_PACKET (PACKET_VNET_HDR)"),
+        "vnet_udp": PathResult(f"vnet, TAP guests, star link over UDP, counting on, frames"
+                               f" published at {s.update_rate_hz:g} Hz"),
+        "vnet_tcp_off": PathResult("vnet, TAP guests, star link over TCP, counting off, no bus"),
         "vnet_tcp_python": PathResult("vnet TCP as vnet_tcp, every frame in Python"
                                       " (--no-fastpath) on asyncio's own loop"),
     }
@@ -559,8 +590,8 @@ def run(s: ForwarderBenchSettings, progress: Progress, logs: Path,
         with open(tail_out, "wb") as out:
             launch.start("tail", ["tail", "--rate", "--json", "frames.", "--bus-pub", bus.pub,
                                   "--bus-sub", bus.sub], stdout=out.fileno())
-        servers = [t.popen(t.guest(DST).netns, ["iperf3", "-s"], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL) for t in (tb, tb_b)]
+        servers = [t.popen(t.guest(pair.dst).netns, ["iperf3", "-s"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL) for t in (tb, tb_b) for pair in (VETH, TAP)]
         try:
             kernel_paths: list[tuple[str, Callable[[], AbstractContextManager[None]]]] = [
                 ("native", lambda: native_path(tb)), ("vxlan", lambda: vxlan_path(tb, s)),
@@ -577,21 +608,23 @@ def run(s: ForwarderBenchSettings, progress: Progress, logs: Path,
                     _wait_ping(tb, s, name)
                     _measure(tb, s, paths[name], name, progress, s.runs_1, s.runs_4, procs)
             udp = ["--proxy-transport", "udp"]
-            on: tuple[str, list[str], bool] = ("vnet_tcp", counting, True)
-            off: tuple[str, list[str], bool] = ("vnet_tcp_off", ["--no-counting"], False)
+            on: tuple[str, list[str], bool, GuestPair] = ("vnet_tcp", counting, True, TAP)
+            off: tuple[str, list[str], bool, GuestPair] = ("vnet_tcp_off", ["--no-counting"],
+                                                           False, TAP)
             python = ["--no-fastpath", "--loop", "asyncio"]
-            sessions = [on, off, on, ("vnet_udp", [*counting, *udp], True),
-                        ("vnet_tcp_python", [*counting, *python], True)]
-            for i, (name, extra, with_bus) in enumerate(sessions):
+            sessions = [on, off, on, ("vnet_tcp_packet", counting, True, VETH),
+                        ("vnet_udp", [*counting, *udp], True, TAP),
+                        ("vnet_tcp_python", [*counting, *python], True, TAP)]
+            for i, (name, extra, with_bus, pair) in enumerate(sessions):
                 progress(f"{name}: starting forwarders")
                 started = time.time()
                 with vnet_path(tb, bus if with_bus else None, extra, logs,
                                f"{i}-{name}") as procs:
-                    _wait_ping(tb, s, name)
+                    _wait_ping(tb, s, name, pair)
                     split = name in ("vnet_tcp", "vnet_tcp_off")
                     _measure(tb, s, paths[name], name, progress,
                              s.session_runs_1 if split else s.runs_1,
-                             1 if split else s.runs_4, procs)
+                             1 if split else s.runs_4, procs, pair)
                     time.sleep(1.1)  # the tail's window that holds the end of the session
                     ended = time.time()
                 if with_bus:
@@ -617,20 +650,25 @@ def main(progress: Progress) -> BenchOutput:
     ratio = tcp.gbps_1 / native.gbps_1
     vs_tinc = tcp.gbps_1 / tinc.gbps_1
     added = {name: (paths[name].rtt_ms - native.rtt_ms) / HOPS
-             for name in ("vnet_tcp", "vnet_udp", "vnet_tcp_python", "python_floor", "c_floor",
-                          "tinc")}
+             for name in ("vnet_tcp", "vnet_tcp_packet", "vnet_udp", "vnet_tcp_python",
+                          "python_floor", "c_floor", "tinc")}
     added_tcp = added["vnet_tcp"]
     cost = float(paired["throughput_cost"])  # type: ignore[arg-type]
     _plot(paths, RESULTS_DIR / "forwarder_throughput.png")
     results: dict[str, object] = {
         "settings": asdict(s),
-        "testbed": "two hosts on one underlay segment; g1 on h1, g2 on the proxy;"
-                   " guest MTU 1400, veth guests (AF_PACKET with PACKET_VNET_HDR for vnet)",
-        "overlay_hops_g1_to_g2": HOPS,
+        "testbed": "two hosts on one underlay segment; guest MTU 1400; veth guests g1 on h1,"
+                   " g2 on the proxy (kernel paths, floors, vnet_tcp_packet); TAP guests t1 on"
+                   " h1, t2 on the proxy (the other vnet paths)",
+        "overlay_hops_src_to_dst": HOPS,
         "paths": {name: p.summary() for name, p in paths.items()},
         "ratios": {
             "vnet_tcp_vs_native_1": round(ratio, 3),
             "vnet_tcp_vs_native_4": round(tcp.gbps_4 / native.gbps_4, 3),
+            "vnet_tcp_packet_vs_native_1": round(paths["vnet_tcp_packet"].gbps_1
+                                                 / native.gbps_1, 3),
+            "vnet_tcp_vs_vnet_tcp_packet_1": round(tcp.gbps_1 / paths["vnet_tcp_packet"].gbps_1,
+                                                   3),
             "vnet_udp_vs_native_1": round(udp.gbps_1 / native.gbps_1, 3),
             "vnet_tcp_vs_vxlan_1": round(tcp.gbps_1 / paths["vxlan"].gbps_1, 3),
             "vnet_tcp_vs_tinc_1": round(vs_tinc, 3),

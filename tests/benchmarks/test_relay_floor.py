@@ -31,14 +31,14 @@ def test_floor_relay_carries_ping_and_offloaded_tcp(language: str) -> None:
     pids: list[int] = []
     with Testbed(spec) as tb:
         prefix = tb.prefix
-        server = tb.popen(tb.guest(fb.DST).netns, ["iperf3", "-s", "-1"],
+        server = tb.popen(tb.guest(fb.VETH.dst).netns, ["iperf3", "-s", "-1"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         pids.append(server.pid)
         with fb.floor_path(tb, s, fb.floor_command(language)) as procs:
             pids += [p.pid for p in procs]
             fb._wait_ping(tb, s, language)
-            r = tb.run(tb.guest(fb.SRC).netns,
-                       ["iperf3", "-c", tb.guest(fb.DST).ip, "-t", "1", "-J"], timeout=30)
+            r = tb.run(tb.guest(fb.VETH.src).netns,
+                       ["iperf3", "-c", tb.guest(fb.VETH.dst).ip, "-t", "1", "-J"], timeout=30)
             received = json.loads(r.stdout)["end"]["sum_received"]["bytes"]
             assert received > 10_000_000  # MBs of TCP through the relay: GSO frames pass
             assert all(p.poll() is None for p in procs)  # neither relay died on the way
