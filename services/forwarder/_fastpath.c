@@ -32,37 +32,81 @@
 #define MSG_FRAME 6
 
 static PyObject *str_frames_in, *str_tx_frames, *str_tx_bytes, *str_rx_frames,
-    *str_rx_bytes, *str_last_rx, *str_clock, *str_get_write_buffer_size, *str_is_closing, *str_write,
-    *str_deliver, *str_bad_stream;
+    *str_rx_bytes, *str_last_rx, *str_clock, *str_get_write_buffer_size, *str_write,
+    *str_deliver, *str_bad_stream, *str_read_ended;
+
+typedef struct Switch_s Switch;
+
+/* ------------------------------------------------------------ StreamBase */
+
+/* (Its methods are below; the layout is here, for the link sinks.)
+ *
+ * The receive half of a link connection (an asyncio BufferedProtocol): bytes
+ * land in one preallocated buffer and are split into [length][type][body]
+ * messages. FRAMEs the switch can carry go at once while fast_port >= 0 (the
+ * link is bound and up); from the first message it cannot, the rest go to
+ * self._deliver(list[(type, bytes)]). A malformed stream goes to
+ * self._bad_stream(reason, detail). The subclass (links.py) is the rest. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *dict;
+    char *buf;
+    Py_ssize_t size, chunk, start, end;
+    Py_ssize_t max_message, max_control;
+    unsigned char known[32]; /* message types, as a bit set */
+    Switch *sw;
+    Py_ssize_t fast_port;
+    PyObject *fast_stats; /* the link's stats: rx_frames, rx_bytes, last_rx */
+    PyObject *clock_owner; /* whose _clock stamps last_rx */
+    int read_fd; /* >= 0: readable() reads the socket here, not the transport */
+    int queued; /* bytes were handed to the transport: ask it before writing around it */
+} StreamBase;
 
 /* ------------------------------------------------------------------ Sink */
 
 /* Where a port's frames go: a guest's fd (AF_PACKET or TAP), or a plain TCP
- * link's fd with its transport (for what the kernel does not take at once)
- * and its stats object (tx_frames, tx_bytes). */
+ * link: its connection (whose read_fd, the connection's own duplicate of the
+ * socket, is written to while it is set), its transport (for what the kernel
+ * does not take at once) and its stats object (tx_frames, tx_bytes).
+ *
+ * A link is written around its transport only while the transport holds no
+ * bytes: whoever hands it bytes sets conn.queued, and only then is the
+ * transport asked (one call) whether they are gone. Writing to the
+ * connection's own fd, never the transport's, means a transport that closes
+ * on its own cannot leave a number the kernel gives to another socket. */
 typedef struct {
     PyObject_HEAD
     int fd;
     PyObject *transport; /* None for a guest */
     PyObject *stats;     /* None for a guest */
-    PyObject *is_closing, *buffered, *write; /* the transport's bound methods */
+    StreamBase *conn;    /* NULL for a guest */
+    PyObject *buffered, *write; /* the transport's bound methods */
 } Sink;
+
+static PyTypeObject StreamBaseType;
 
 static int Sink_init(Sink *self, PyObject *args, PyObject *kw)
 {
-    static char *names[] = {"fd", "transport", "stats", NULL};
-    PyObject *transport = Py_None, *stats = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "i|OO", names, &self->fd, &transport, &stats))
+    static char *names[] = {"fd", "transport", "stats", "conn", NULL};
+    PyObject *transport = Py_None, *stats = Py_None, *conn = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "i|OOO", names, &self->fd, &transport, &stats,
+                                     &conn))
         return -1;
+    if ((transport == Py_None) != (conn == Py_None) ||
+        (conn != Py_None && !PyObject_TypeCheck(conn, &StreamBaseType))) {
+        PyErr_SetString(PyExc_TypeError, "a link sink needs a transport and its StreamBase conn");
+        return -1;
+    }
     Py_INCREF(transport);
     Py_XSETREF(self->transport, transport);
     Py_INCREF(stats);
     Py_XSETREF(self->stats, stats);
+    Py_XINCREF(conn == Py_None ? NULL : conn);
+    Py_XSETREF(self->conn, conn == Py_None ? NULL : (StreamBase *)conn);
     if (transport != Py_None) {
-        Py_XSETREF(self->is_closing, PyObject_GetAttr(transport, str_is_closing));
         Py_XSETREF(self->buffered, PyObject_GetAttr(transport, str_get_write_buffer_size));
         Py_XSETREF(self->write, PyObject_GetAttr(transport, str_write));
-        if (!self->is_closing || !self->buffered || !self->write)
+        if (!self->buffered || !self->write)
             return -1;
     }
     return 0;
@@ -72,14 +116,14 @@ static void Sink_dealloc(Sink *self)
 {
     Py_XDECREF(self->transport);
     Py_XDECREF(self->stats);
-    Py_XDECREF(self->is_closing);
+    Py_XDECREF(self->conn);
     Py_XDECREF(self->buffered);
     Py_XDECREF(self->write);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyMemberDef Sink_members[] = {
-    {"fd", T_INT, offsetof(Sink, fd), READONLY, "the fd frames are written to"},
+    {"fd", T_INT, offsetof(Sink, fd), READONLY, "a guest's fd frames are written to"},
     {NULL},
 };
 
@@ -88,7 +132,7 @@ static PyTypeObject SinkType = {
     .tp_name = "services.forwarder._fastpath.Sink",
     .tp_basicsize = sizeof(Sink),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Sink(fd, transport=None, stats=None): a port the fast path writes to.",
+    .tp_doc = "Sink(fd) for a guest, Sink(-1, transport, stats, conn) for a link.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Sink_init,
     .tp_dealloc = (destructor)Sink_dealloc,
@@ -100,7 +144,7 @@ static PyTypeObject SinkType = {
 /* The forwarder's tables as the fast path sees them; the daemon re-syncs it
  * whenever ports, rules, senders or captures change. cache, pairs and
  * counters are the very objects core.py uses. */
-typedef struct {
+struct Switch_s {
     PyObject_HEAD
     PyObject *cache;    /* dict: key12 -> port (int); core's route cache */
     PyObject *pairs;    /* dict: key12 -> [frames, bytes, ...]; PairCounter.pairs */
@@ -110,7 +154,7 @@ typedef struct {
     Py_ssize_t max_vframe, max_gso_vframe;
     int enabled;
     unsigned long long fast_frames; /* frames the fast path carried (tests) */
-} Switch;
+};
 
 #define PORT_IN 1       /* frames from this port may go fast (it is up) */
 #define PORT_COUNTED 2  /* frames from this port are counted per pair */
@@ -220,30 +264,30 @@ static int add_list_item(PyObject *list, Py_ssize_t i, long long delta)
  * sent (the Python path retries it and does the error accounting), -1: error. */
 static int sink_send(Sink *sink, const char *vf, Py_ssize_t n)
 {
-    if (sink->transport == Py_None) {
+    if (sink->conn == NULL) {
         ssize_t w = write(sink->fd, vf, (size_t)n);
         return w == n ? 1 : 0;
     }
-    PyObject *closing = PyObject_CallNoArgs(sink->is_closing);
-    if (closing == NULL)
-        return -1;
-    int gone = PyObject_IsTrue(closing);
-    Py_DECREF(closing);
-    if (gone != 0)
-        return gone < 0 ? -1 : 0; /* closing: the fd may be gone; Python drops and counts */
-    PyObject *queued = PyObject_CallNoArgs(sink->buffered);
-    if (queued == NULL)
-        return -1;
-    long q = PyLong_AsLong(queued);
-    Py_DECREF(queued);
-    if (q != 0)
-        return q == -1 && PyErr_Occurred() ? -1 : 0; /* keep order: Python queues it */
+    StreamBase *conn = sink->conn;
+    int fd = conn->read_fd;
+    if (fd < 0)
+        return 0; /* not (or no longer) the connection's to write: Python's turn */
+    if (conn->queued) {
+        PyObject *queued = PyObject_CallNoArgs(sink->buffered);
+        if (queued == NULL)
+            return -1;
+        long q = PyLong_AsLong(queued);
+        Py_DECREF(queued);
+        if (q != 0)
+            return q == -1 && PyErr_Occurred() ? -1 : 0; /* keep order: Python queues it */
+        conn->queued = 0;
+    }
     unsigned char hdr[5];
     uint32_t len = (uint32_t)n + 1;
     hdr[0] = len >> 24; hdr[1] = len >> 16; hdr[2] = len >> 8; hdr[3] = len;
     hdr[4] = MSG_FRAME;
     struct iovec iov[2] = {{hdr, 5}, {(void *)vf, (size_t)n}};
-    ssize_t w = writev(sink->fd, iov, 2);
+    ssize_t w = writev(fd, iov, 2);
     if (w < 0)
         return 0; /* EAGAIN or an error: the transport's own write sees and reports it */
     if (w < n + 5) {
@@ -260,6 +304,7 @@ static int sink_send(Sink *sink, const char *vf, Py_ssize_t n)
             if (rest == NULL)
                 return -1;
         }
+        conn->queued = 1;
         PyObject *r = PyObject_CallOneArg(sink->write, rest);
         Py_DECREF(rest);
         if (r == NULL)
@@ -492,24 +537,6 @@ static PyTypeObject GuestReaderType = {
 
 /* ------------------------------------------------------------ StreamBase */
 
-/* The receive half of a link connection (an asyncio BufferedProtocol): bytes
- * land in one preallocated buffer and are split into [length][type][body]
- * messages. FRAMEs the switch can carry go at once while fast_port >= 0 (the
- * link is bound and up); from the first message it cannot, the rest go to
- * self._deliver(list[(type, bytes)]). A malformed stream goes to
- * self._bad_stream(reason, detail). The subclass (links.py) is the rest. */
-typedef struct {
-    PyObject_HEAD
-    PyObject *dict;
-    char *buf;
-    Py_ssize_t size, chunk, start, end;
-    Py_ssize_t max_message, max_control;
-    unsigned char known[32]; /* message types, as a bit set */
-    Switch *sw;
-    Py_ssize_t fast_port;
-    PyObject *fast_stats; /* the link's stats: rx_frames, rx_bytes, last_rx */
-    PyObject *clock_owner; /* whose _clock stamps last_rx */
-} StreamBase;
 
 static int StreamBase_init(StreamBase *self, PyObject *args, PyObject *kw)
 {
@@ -522,6 +549,7 @@ static PyObject *StreamBase_new(PyTypeObject *type, PyObject *args, PyObject *kw
     if (self == NULL)
         return NULL;
     self->fast_port = -1;
+    self->read_fd = -1;
     Py_INCREF(Py_None);
     self->fast_stats = Py_None;
     Py_INCREF(Py_None);
@@ -620,11 +648,12 @@ static PyObject *StreamBase_go_fast(StreamBase *self, PyObject *args, PyObject *
     Py_RETURN_NONE;
 }
 
-static PyObject *StreamBase_get_buffer(StreamBase *self, PyObject *sizehint)
+/* Room for one more chunk at the end of the buffer. 0, or -1 before setup(). */
+static int make_room(StreamBase *self)
 {
     if (self->buf == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "StreamBase.setup() was not called");
-        return NULL;
+        return -1;
     }
     if (self->size - self->end < self->chunk) {
         Py_ssize_t pending = self->end - self->start;
@@ -632,6 +661,13 @@ static PyObject *StreamBase_get_buffer(StreamBase *self, PyObject *sizehint)
         self->start = 0;
         self->end = pending;
     }
+    return 0;
+}
+
+static PyObject *StreamBase_get_buffer(StreamBase *self, PyObject *sizehint)
+{
+    if (make_room(self) < 0)
+        return NULL;
     return PyMemoryView_FromMemory(self->buf + self->end, self->chunk, PyBUF_WRITE);
 }
 
@@ -650,11 +686,19 @@ static PyObject *bad_stream(StreamBase *self, const char *reason, PyObject *deta
     Py_RETURN_NONE;
 }
 
+static PyObject *stream_updated(StreamBase *self, Py_ssize_t nbytes);
+
 static PyObject *StreamBase_buffer_updated(StreamBase *self, PyObject *arg)
 {
     Py_ssize_t nbytes = PyLong_AsSsize_t(arg);
     if (nbytes == -1 && PyErr_Occurred())
         return NULL;
+    return stream_updated(self, nbytes);
+}
+
+/* nbytes more were received at the end of the buffer: carry or hand up its messages. */
+static PyObject *stream_updated(StreamBase *self, Py_ssize_t nbytes)
+{
     if (nbytes < 0 || nbytes > self->size - self->end) {
         PyErr_SetString(PyExc_ValueError, "nbytes outside the buffer");
         return NULL;
@@ -737,6 +781,41 @@ out_error:
     return result;
 }
 
+/* The socket (read_from's fd) is readable: receive and carry, as the transport's
+ * get_buffer/buffer_updated would, without two calls into Python per read. End of
+ * stream or an error goes to self._read_ended(), which hands reading back to the
+ * transport: it reads the end (or the error) again and reports it as usual. */
+static PyObject *StreamBase_readable(StreamBase *self, PyObject *unused)
+{
+    for (int i = 0; i < 16 && self->read_fd >= 0; i++) {
+        if (make_room(self) < 0)
+            return NULL;
+        ssize_t n = recv(self->read_fd, self->buf + self->end, (size_t)self->chunk, MSG_DONTWAIT);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return PyObject_CallMethodNoArgs((PyObject *)self, str_read_ended);
+        PyObject *r = stream_updated(self, n);
+        if (r == NULL)
+            return NULL;
+        Py_DECREF(r);
+        if (n < self->chunk)
+            break; /* drained: the next readiness brings more */
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *StreamBase_read_from(StreamBase *self, PyObject *arg)
+{
+    int fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    self->read_fd = fd < 0 ? -1 : fd;
+    Py_RETURN_NONE;
+}
+
 static PyObject *StreamBase_get_pending(StreamBase *self, void *closure)
 {
     return PyLong_FromSsize_t(self->end - self->start);
@@ -750,6 +829,10 @@ static PyMethodDef StreamBase_methods[] = {
     {"get_buffer", (PyCFunction)StreamBase_get_buffer, METH_O, "BufferedProtocol.get_buffer"},
     {"buffer_updated", (PyCFunction)StreamBase_buffer_updated, METH_O,
      "BufferedProtocol.buffer_updated"},
+    {"readable", (PyCFunction)StreamBase_readable, METH_NOARGS,
+     "The socket read_from() named is readable: receive and carry (a reader callback)."},
+    {"read_from", (PyCFunction)StreamBase_read_from, METH_O,
+     "read_from(fd): readable() reads this socket; read_from(-1) stops it."},
     {NULL},
 };
 
@@ -761,6 +844,10 @@ static PyGetSetDef StreamBase_getset[] = {
 static PyMemberDef StreamBase_members[] = {
     {"fast_port", T_PYSSIZET, offsetof(StreamBase, fast_port), READONLY,
      "the link's port while its frames may go fast, else -1"},
+    {"read_fd", T_INT, offsetof(StreamBase, read_fd), READONLY,
+     "the fd readable() reads (and a link sink writes), else -1"},
+    {"queued", T_INT, offsetof(StreamBase, queued), 0,
+     "set when bytes go to the transport: a sink asks it before writing around it"},
     {NULL},
 };
 
@@ -801,9 +888,9 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     INTERN(str_clock, "_clock");
     INTERN(str_get_write_buffer_size, "get_write_buffer_size");
     INTERN(str_write, "write");
-    INTERN(str_is_closing, "is_closing");
     INTERN(str_deliver, "_deliver");
     INTERN(str_bad_stream, "_bad_stream");
+    INTERN(str_read_ended, "_read_ended");
     if (PyType_Ready(&SinkType) < 0 || PyType_Ready(&SwitchType) < 0 ||
         PyType_Ready(&GuestReaderType) < 0 || PyType_Ready(&StreamBaseType) < 0)
         return NULL;

@@ -493,9 +493,10 @@ class Forwarder:
                 else:
                     link = by_port.get(index)
                     conn = link.conn if link is not None else None
-                    if (link is not None and conn is not None and conn.transport is not None
-                            and conn.fd >= 0 and not conn.transport.is_closing()):
-                        sink = fastpath.compiled.Sink(conn.fd, conn.transport, link.stats)
+                    if (link is not None and isinstance(conn, fastpath.FastStreamConn)
+                            and conn.transport is not None and conn.fd >= 0
+                            and not conn.transport.is_closing()):
+                        sink = fastpath.compiled.Sink(-1, conn.transport, link.stats, conn)
             sinks.append(sink)
         switch.configure(core.route_cache(), core.pairs.pairs, core.counters, tuple(sinks),
                          fastpath.port_flags(core), self._max_frame + VNET_HDR_LEN,

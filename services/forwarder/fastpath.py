@@ -12,6 +12,7 @@ VNET_FASTPATH=0 or `--no-fastpath`, the forwarder runs in pure Python.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -66,13 +67,63 @@ if compiled is not None:
         """A link connection whose receive half (get_buffer, buffer_updated) is C.
 
         Until go_fast() names its port, every message goes through _deliver()
-        exactly as StreamConn's own; the handshake always does.
+        exactly as StreamConn's own; the handshake always does. While it is fast
+        on plain TCP, the socket is read by a reader callback in C (readable)
+        on a duplicate of its fd, the transport's reading paused: each wake-up
+        is then one call from the loop instead of three (get_buffer twice,
+        buffer_updated), the part of a light-load hop that is Python's. Writes
+        and closing stay the transport's; at the end of the stream, or an
+        error, reading goes back to the transport, which meets it again and
+        reports it as it always does.
         """
 
         def __init__(self, owner: LinkOwner, dialer: bool, link: Any = None) -> None:
             # StreamBase's (empty) __init__ comes first in the MRO: name StreamConn's.
             StreamConn.__init__(self, owner, dialer, link)
+            self._read_fd = -1  # our duplicate of the socket's fd while C reads it
 
         def _make_buffer(self) -> None:
             self.setup(RECV_BUFFER, RECV_CHUNK, framing.MAX_LINK_MESSAGE,
                        framing.MAX_CONTROL_BODY, framing.MESSAGE_TYPES)
+
+        def go_fast(self, switch: Any = None, port: int = -1, stats: Any = None,
+                    clock_owner: Any = None) -> None:
+            compiled.StreamBase.go_fast(self, switch, port, stats, clock_owner)
+            if switch is not None and port >= 0:
+                self._read_in_c()
+            else:
+                self._read_in_transport()
+
+        def _read_in_c(self) -> None:
+            t = self.transport
+            if self._read_fd >= 0 or self._fd < 0 or t is None or t.is_closing():
+                return
+            t.pause_reading()
+            self._read_fd = os.dup(self._fd)
+            asyncio.get_running_loop().add_reader(self._read_fd, self.readable)
+            self.read_from(self._read_fd)
+
+        def _read_in_transport(self) -> None:
+            if self._read_fd < 0:
+                return
+            self.read_from(-1)
+            asyncio.get_running_loop().remove_reader(self._read_fd)
+            os.close(self._read_fd)  # before the transport closes: ours would keep it open
+            self._read_fd = -1
+            t = self.transport
+            if t is not None and not t.is_closing():
+                t.resume_reading()
+
+        def _handed_to_transport(self) -> None:
+            self.queued = 1
+
+        def _read_ended(self) -> None:
+            self._read_in_transport()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._read_in_transport()
+            StreamConn.connection_lost(self, exc)
+
+        def close(self) -> None:
+            self._read_in_transport()
+            StreamConn.close(self)

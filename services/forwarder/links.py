@@ -148,6 +148,10 @@ class StreamConn(asyncio.BufferedProtocol):
     def write(self, data: bytes) -> None:
         if self.transport is not None:
             self.transport.write(data)
+            self._handed_to_transport()
+
+    def _handed_to_transport(self) -> None:
+        """Bytes went to the transport's write (the fast path's sink must then ask it)."""
 
     def write_many(self, pieces: list[bytes]) -> None:
         """Send pieces with one gathering write (no join copy) when nothing is queued.
@@ -160,6 +164,7 @@ class StreamConn(asyncio.BufferedProtocol):
             return
         if self._fd < 0 or t.get_write_buffer_size() or t.is_closing():
             t.write(b"".join(pieces))
+            self._handed_to_transport()
             return
         try:
             sent = os.writev(self._fd, pieces[:_IOV_MAX])
@@ -167,10 +172,12 @@ class StreamConn(asyncio.BufferedProtocol):
             sent = 0
         except OSError:
             t.write(b"".join(pieces))  # let the transport see and report the error
+            self._handed_to_transport()
             return
         rest = b"".join(pieces)[sent:] if sent < sum(map(len, pieces)) else b""
         if rest:
             t.write(rest)
+            self._handed_to_transport()
 
     @property
     def fd(self) -> int:

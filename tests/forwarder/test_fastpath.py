@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import uvloop
 
 from services.forwarder import fastpath, framing
 from services.forwarder.core import ForwarderCore
@@ -290,41 +291,144 @@ async def test_link_frames_go_fast_once_the_link_is_bound(bench: Bench) -> None:
     assert owner.got == [("frames", [vf])] and bench.received("b") == []
 
 
-async def test_a_tcp_link_sink_writes_framed_messages_in_order(bench: Bench) -> None:
-    """Into a real loopback connection; with bytes queued on the transport, Python's turn."""
+class Peer(asyncio.Protocol):
+    """The far end of a loopback link: keeps what arrives, notes the end."""
+
+    def __init__(self) -> None:
+        self.got = bytearray()
+        self.arrived = asyncio.Event()
+        self.transport: asyncio.Transport | None = None
+        self.ended = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.got.extend(data)
+        self.arrived.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+    async def wait_for(self, size: int) -> None:
+        while len(self.got) < size:
+            self.arrived.clear()
+            await asyncio.wait_for(self.arrived.wait(), 10)
+
+
+class LostOwner(Owner):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def on_stream_lost(self, conn: StreamConn) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+
+async def loopback_link(owner: Owner) -> tuple[Any, Peer, asyncio.Transport,
+                                                fastpath.FastStreamConn]:
+    """A FastStreamConn dialled to a Peer on loopback: (server, peer, transport, conn)."""
     loop = asyncio.get_running_loop()
-    got = bytearray()
-    done = asyncio.Event()
+    peers: list[Peer] = []
+    server = await loop.create_server(lambda: peers.append(Peer()) or peers[-1],
+                                      "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport, conn = await loop.create_connection(
+        lambda: fastpath.FastStreamConn(owner, dialer=True), "127.0.0.1", port)
+    while not peers or peers[0].transport is None:
+        await asyncio.sleep(0.01)
+    return server, peers[0], transport, conn  # type: ignore[return-value]
 
-    class Peer(asyncio.Protocol):
-        def data_received(self, data: bytes) -> None:
-            got.extend(data)
-            done.set()
 
-    server = await loop.create_server(Peer, "127.0.0.1", 0)
+LOOPS = pytest.mark.parametrize("loop_factory", [uvloop.new_event_loop, None],
+                                ids=["uvloop", "asyncio"])
+
+
+@LOOPS
+def test_a_tcp_link_sink_writes_framed_messages_in_order(bench: Bench, loop_factory: Any) -> None:
+    """Into a real loopback connection, through the connection's own fd while it reads in
+    C; with bytes handed to the transport, Python's turn until they are gone."""
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_sink_writes_in_order(bench))
+
+
+async def _sink_writes_in_order(bench: Bench) -> None:
+    owner = Owner()
+    server, peer, transport, conn = await loopback_link(owner)
     try:
-        port = server.sockets[0].getsockname()[1]
-        transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
-        fd = transport.get_extra_info("socket").fileno()
         link_port = bench.core.add_link("l1", star=False, up=True)
         stats = LinkStats(keepalive_s=0.5)
-        bench.sync(sinks=(None, None, fastpath.compiled.Sink(fd, transport, stats)))
+        bench.sync(sinks=(None, None, fastpath.compiled.Sink(-1, transport, stats, conn)))
         vf = vframe(C, A)
         bench.core.route_cache()[vf[10:22]] = link_port
         bench.core.route(bench.a, vf)  # makes the pair
+        assert conn.read_fd == -1 and not bench.switch.frame(bench.a, vf)  # not fast yet
+        conn.go_fast(bench.switch, link_port, stats, owner)
+        assert conn.read_fd >= 0
         assert bench.switch.frame(bench.a, vf)
         assert (stats.tx_frames, stats.tx_bytes) == (1, len(vf) - 10)
-        transport.pause_reading()
-        transport.write(b"queued")  # may still go at once; queue more until it sticks
         big = b"q" * (8 << 20)
-        transport.write(big)
+        conn.write(big)  # the kernel takes part; the transport queues the rest
+        assert conn.queued == 1
         if transport.get_write_buffer_size():
-            assert not bench.switch.frame(bench.a, vf)
-        while len(got) < 5 + len(vf) + 6 + len(big):
-            done.clear()
-            await asyncio.wait_for(done.wait(), 10)
-        assert bytes(got[:5 + len(vf)]) == framing.frame_header(len(vf)) + vf
-        transport.close()
+            assert not bench.switch.frame(bench.a, vf)  # around the queue would reorder
+        message = framing.frame_header(len(vf)) + vf
+        await peer.wait_for(len(message) + len(big))
+        while transport.get_write_buffer_size():
+            await asyncio.sleep(0.01)
+        assert bench.switch.frame(bench.a, vf) and conn.queued == 0  # drained: fast again
+        await peer.wait_for(2 * len(message) + len(big))
+        assert bytes(peer.got) == message + big + message
+        conn.close()
+        assert conn.read_fd == -1 and not bench.switch.frame(bench.a, vf)
+        await asyncio.wait_for(peer.ended, 10)  # our duplicate fd did not hold it open
     finally:
+        transport.close()
+        server.close()
+        await server.wait_closed()
+
+
+@LOOPS
+def test_a_fast_link_is_read_in_c_and_its_end_reaches_python(bench: Bench,
+                                                            loop_factory: Any) -> None:
+    """FRAMEs from the peer reach guest b, a PING reaches Python, in order; when the peer
+    closes, reading goes back to the transport, which reports the loss."""
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_link_read_in_c(bench))
+
+
+async def _link_read_in_c(bench: Bench) -> None:
+    owner = LostOwner()
+    server, peer, transport, conn = await loopback_link(owner)
+    try:
+        link_port = bench.core.add_link("l1", star=False, up=True)
+        bench.sync(sinks=(fastpath.compiled.Sink(bench.pairs["a"][0].fileno()),
+                          fastpath.compiled.Sink(bench.pairs["b"][0].fileno()), None))
+        vf = vframe(B, C)
+        bench.core.route(link_port, vf)
+        stats = LinkStats(keepalive_s=0.5)
+        conn.go_fast(bench.switch, link_port, stats, owner)
+        assert conn.read_fd >= 0
+        message = framing.frame_header(len(vf)) + vf
+        ping = framing.encode(framing.MsgType.PING, bytes(16))
+        assert peer.transport is not None
+        peer.transport.write(message * 3 + ping + message)
+        deadline = asyncio.get_running_loop().time() + 10
+        got: list[bytes] = []
+        while len(got) < 3 or not owner.got:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+            got += bench.received("b")
+        assert got == [vf, vf, vf]
+        assert owner.got == [("msg", (int(framing.MsgType.PING), bytes(16))),
+                             ("frames", [vf])]
+        assert (stats.rx_frames, stats.rx_bytes) == (3, 3 * (len(vf) - 10))
+        peer.transport.close()
+        await asyncio.wait_for(owner.lost, 10)
+        assert conn.read_fd == -1 and conn.transport is None
+    finally:
+        transport.close()
         server.close()
         await server.wait_closed()
