@@ -4,10 +4,11 @@
  *
  * Why: on a light load every frame is one wake-up of the forwarder, and the
  * interpreter's cost per wake-up (~40 us here) is what a ping pays per overlay
- * hop. Called straight from the event loop (uvloop's reader callbacks and its
- * BufferedProtocol calls), this code reads a frame, looks its (dst, src) up in
- * the forwarder's own route cache, counts it into the forwarder's own Python
- * counters and writes it out.
+ * hop. Called straight from the event loop (uvloop's reader callbacks on guest
+ * fds and on fast TCP links; BufferedProtocol calls on a link before it is
+ * fast), this code reads a frame, looks its (dst, src) up in the forwarder's
+ * own route cache, counts it into the forwarder's own Python counters and
+ * writes it out.
  *
  * What it does not decide, it hands back: Python (core.py, daemon.py) stays
  * the definition of forwarding. A frame goes fast only when the answer is
