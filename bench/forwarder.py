@@ -25,10 +25,10 @@ exist while vnet's forwarders run). Each path is measured in turn, in one run:
   rate was kept); the forwarders' defaults: uvloop and the compiled fast path;
 - vnet_tcp_packet: as vnet_tcp between the veth guests g1 -> g2, which the
   forwarders read and write with AF_PACKET (PACKET_VNET_HDR), as the floors do.
-  TAP carried 8-10 % more per run here, for 7 % less forwarder CPU per GB
-  (three alternating sessions each, 2026-11-26): a TAP read or write is one
-  queue and one copy, where a frame leaving a veth also passes the host-side
-  peer's receive path before AF_PACKET sees it;
+  In three alternating sessions each (2026-11-26) TAP carried 8-10 % more,
+  for 7 % less forwarder CPU per GB (a frame leaving a veth also passes the
+  host-side peer's receive path before AF_PACKET sees it); in the bench runs
+  since, the two have been within each other's noise;
 - vnet_tcp_off: counting off, no bus (sessions on, off, on);
 - vnet_tcp_python: as vnet_tcp, with every frame in Python on asyncio's own
   loop (`--no-fastpath --loop asyncio`): what the fast path saves.
@@ -45,8 +45,10 @@ paired runs; the same ratio of the forwarders' CPU seconds per GB is
 recorded beside it. Both overlays are CPU-bound then, the case where a
 per-frame cost shows most.
 
-Per path, after one unmeasured iperf3 run (the first run after a switch is
-often slow): iperf3 TCP from the pair's h1 guest to its proxy guest with 1 and
+Guest TCP is cubic, Linux's default (iperf3 -C; see guest_cc), on every
+path; BBR, this machine image's default, is measured beside it on native and
+vnet_tcp. Per path, after one unmeasured iperf3 run (the first run after a
+switch is often slow): iperf3 TCP from the pair's h1 guest to its proxy guest with 1 and
 4 streams (short runs, repeated, median) and ping RTT (200 pings, 10 ms apart,
 median). Either pair crosses one overlay link (the star link h1 -> proxy) and
 two forwarders: that is one overlay hop, so the RTT added per hop is vnet's
@@ -106,6 +108,13 @@ class ForwarderBenchSettings:
     cost_max_rounds: int = 16
     cost_runs: int = 2  # simultaneous iperf3 pairs per round
     cost_ci_level: float = 0.9  # two-sided, percentile bootstrap of the median
+    # Guest TCP congestion control for every iperf3 run (-C): Linux's default, which a
+    # guest VM's own kernel runs. This machine's image makes BBR the default; BBR paces
+    # below what a user-space relay can carry (one stream here: native 17.2 -> 19.0 Gbit/s
+    # with cubic, vnet 9.2 -> 11.3), so BBR is measured beside it on native and vnet_tcp.
+    guest_cc: str = "cubic"
+    compare_cc: str = "bbr"
+    compare_cc_runs: int = 2  # single-stream runs with compare_cc on native and vnet_tcp
     pings: int = 200  # RTT medians of 50 pings spread by 0.1-0.2 ms between runs here
     ping_interval_s: float = 0.01
     update_rate_hz: float = 20.0  # frames.<host> publishing while counting
@@ -217,10 +226,17 @@ def _wait_ping(tb: Testbed, s: ForwarderBenchSettings, what: str,
                        f" {s.ready_timeout_s:g}s")
 
 
-def _iperf(tb: Testbed, s: ForwarderBenchSettings, streams: int, pair: GuestPair) -> float:
-    """Gbit/s received by the server in one iperf3 run (two tries)."""
+def _cc_args(cc: str) -> list[str]:
+    """iperf3's -C for a congestion control the kernel has; none (its default) otherwise."""
+    available = Path("/proc/sys/net/ipv4/tcp_available_congestion_control").read_text().split()
+    return ["-C", cc] if cc in available else []
+
+
+def _iperf(tb: Testbed, s: ForwarderBenchSettings, streams: int, pair: GuestPair,
+           cc: str | None = None) -> float:
+    """Gbit/s received by the server in one iperf3 run (two tries); cc: guest_cc unless given."""
     argv = ["iperf3", "-c", tb.guest(pair.dst).ip, "-t", str(s.iperf_s), "-O", str(s.iperf_omit_s),
-            "-P", str(streams), "-J"]
+            "-P", str(streams), *_cc_args(cc or s.guest_cc), "-J"]
     detail = ""
     for _ in range(2):
         r = tb.run(tb.guest(pair.src).netns, argv, check=False,
@@ -266,9 +282,9 @@ def _cpu_s(procs: list[subprocess.Popen[bytes]]) -> float:
 def _measure(tb: Testbed, s: ForwarderBenchSettings, res: PathResult, name: str,
              progress: Progress, runs_1: int, runs_4: int,
              procs: list[subprocess.Popen[bytes]] | None = None,
-             pair: GuestPair = VETH) -> None:
+             pair: GuestPair = VETH, compare_cc_runs: int = 0) -> None:
     """Warm up, ping, then iperf3 runs; with procs, their CPU seconds per GB carried
-    (1 stream)."""
+    (1 stream); compare_cc_runs single-stream runs with s.compare_cc go in res.extra."""
     _warm_up((tb,), s, pair)
     res.rtts_ms += _ping(tb, s, pair)
     for _ in range(runs_1):
@@ -280,6 +296,12 @@ def _measure(tb: Testbed, s: ForwarderBenchSettings, res: PathResult, name: str,
             res.cpu_s_per_gb.append((_cpu_s(procs) - before) / carried_gb)
     for _ in range(runs_4):
         res.runs_4_gbps.append(_iperf(tb, s, 4, pair))
+    if compare_cc_runs:
+        compared = res.extra.setdefault(f"runs_1_stream_gbps_{s.compare_cc}", [])
+        assert isinstance(compared, list)
+        compared += [round(_iperf(tb, s, 1, pair, s.compare_cc), 3)
+                     for _ in range(compare_cc_runs)]
+        progress(f"{name}: 1 stream with {s.compare_cc} {compared} Gbit/s")
     cpu = f", forwarders {res.cpu_per_gb:.2f} CPU-s/GB" if res.cpu_s_per_gb else ""
     progress(f"{name}: 1 stream {[round(x, 2) for x in res.runs_1_gbps]} Gbit/s,"
              f" 4 streams {[round(x, 2) for x in res.runs_4_gbps]},"
@@ -498,7 +520,7 @@ def _iperf_start(tb: Testbed, s: ForwarderBenchSettings, pair: GuestPair,
                  seconds: int | None = None) -> subprocess.Popen[bytes]:
     """One single-stream iperf3 client, JSON on its stdout; seconds: iperf_s unless given."""
     argv = ["iperf3", "-c", tb.guest(pair.dst).ip, "-t", str(seconds or s.iperf_s),
-            "-O", str(s.iperf_omit_s), "-J"]
+            "-O", str(s.iperf_omit_s), *_cc_args(s.guest_cc), "-J"]
     return tb.popen(tb.guest(pair.src).netns, argv, stdout=subprocess.PIPE,
                     stderr=subprocess.DEVNULL)
 
@@ -632,7 +654,8 @@ def run(s: ForwarderBenchSettings, progress: Progress, logs: Path,
                 progress(f"{name}: setting up")
                 with ctx():
                     _wait_ping(tb, s, name)
-                    _measure(tb, s, paths[name], name, progress, s.runs_1, s.runs_4)
+                    _measure(tb, s, paths[name], name, progress, s.runs_1, s.runs_4,
+                             compare_cc_runs=s.compare_cc_runs if name == "native" else 0)
             for language in ("python", "c"):
                 name = f"{language}_floor"
                 progress(f"{name}: starting relays")
@@ -656,7 +679,8 @@ def run(s: ForwarderBenchSettings, progress: Progress, logs: Path,
                     split = name in ("vnet_tcp", "vnet_tcp_off")
                     _measure(tb, s, paths[name], name, progress,
                              s.session_runs_1 if split else s.runs_1,
-                             1 if split else s.runs_4, procs, pair)
+                             1 if split else s.runs_4, procs, pair,
+                             s.compare_cc_runs // 2 if name == "vnet_tcp" else 0)
                     time.sleep(1.1)  # the tail's window that holds the end of the session
                     ended = time.time()
                 if with_bus:
@@ -687,8 +711,12 @@ def main(progress: Progress) -> BenchOutput:
     added_tcp = added["vnet_tcp"]
     cost = float(paired["throughput_cost"])  # type: ignore[arg-type]
     _plot(paths, RESULTS_DIR / "forwarder_throughput.png")
+    compare_key = f"runs_1_stream_gbps_{s.compare_cc}"
+    compared = {name: statistics.median(paths[name].extra[compare_key])  # type: ignore[arg-type]
+                for name in ("native", "vnet_tcp") if paths[name].extra.get(compare_key)}
     results: dict[str, object] = {
         "settings": asdict(s),
+        "guest_tcp_cc": s.guest_cc if _cc_args(s.guest_cc) else "the kernel's default",
         "testbed": "two hosts on one underlay segment; guest MTU 1400; veth guests g1 on h1,"
                    " g2 on the proxy (kernel paths, floors, vnet_tcp_packet); TAP guests t1 on"
                    " h1, t2 on the proxy (the other vnet paths)",
@@ -697,6 +725,9 @@ def main(progress: Progress) -> BenchOutput:
         "ratios": {
             "vnet_tcp_vs_native_1": round(ratio, 3),
             "vnet_tcp_vs_native_4": round(tcp.gbps_4 / native.gbps_4, 3),
+            f"vnet_tcp_vs_native_1_{s.compare_cc}": (
+                round(compared["vnet_tcp"] / compared["native"], 3) if len(compared) == 2
+                else None),
             "vnet_tcp_packet_vs_native_1": round(paths["vnet_tcp_packet"].gbps_1
                                                  / native.gbps_1, 3),
             "vnet_tcp_vs_vnet_tcp_packet_1": round(tcp.gbps_1 / paths["vnet_tcp_packet"].gbps_1,
