@@ -432,3 +432,4 @@ async def _link_read_in_c(bench: Bench) -> None:
         transport.close()
         server.close()
         await server.wait_closed()
+
