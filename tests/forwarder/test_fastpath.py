@@ -9,11 +9,12 @@ decide must reach Python untouched and in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -327,37 +328,46 @@ class LostOwner(Owner):
             self.lost.set_result(None)
 
 
-async def loopback_link(owner: Owner) -> tuple[Any, Peer, asyncio.Transport,
-                                                fastpath.FastStreamConn]:
-    """A FastStreamConn dialled to a Peer on loopback: (server, peer, transport, conn)."""
+@contextlib.asynccontextmanager
+async def loopback_link(owner: Owner) -> AsyncIterator[tuple[Peer, asyncio.Transport,
+                                                             fastpath.FastStreamConn]]:
+    """A FastStreamConn dialled to a Peer on loopback, closed at the end."""
     loop = asyncio.get_running_loop()
     peers: list[Peer] = []
     server = await loop.create_server(lambda: peers.append(Peer()) or peers[-1],
                                       "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    transport, conn = await loop.create_connection(
-        lambda: fastpath.FastStreamConn(owner, dialer=True), "127.0.0.1", port)
-    while not peers or peers[0].transport is None:
-        await asyncio.sleep(0.01)
-    return server, peers[0], transport, conn  # type: ignore[return-value]
+    transport: asyncio.Transport | None = None
+    try:
+        port = server.sockets[0].getsockname()[1]
+        transport, conn = await loop.create_connection(
+            lambda: fastpath.FastStreamConn(owner, dialer=True), "127.0.0.1", port)
+        while not peers or peers[0].transport is None:
+            await asyncio.sleep(0.01)
+        yield peers[0], transport, conn
+    finally:
+        if transport is not None:
+            transport.close()
+        server.close()
+        await server.wait_closed()
 
 
-LOOPS = pytest.mark.parametrize("loop_factory", [uvloop.new_event_loop, None],
-                                ids=["uvloop", "asyncio"])
+@pytest.fixture(params=[uvloop.new_event_loop, None], ids=["uvloop", "asyncio"])
+def runner(request: pytest.FixtureRequest) -> Iterator[asyncio.Runner]:
+    """The forwarder's loop (uvloop) and asyncio's own, for what depends on the loop."""
+    with asyncio.Runner(loop_factory=request.param) as r:
+        yield r
 
 
-@LOOPS
-def test_a_tcp_link_sink_writes_framed_messages_in_order(bench: Bench, loop_factory: Any) -> None:
+def test_a_tcp_link_sink_writes_framed_messages_in_order(bench: Bench,
+                                                          runner: asyncio.Runner) -> None:
     """Into a real loopback connection, through the connection's own fd while it reads in
     C; with bytes handed to the transport, Python's turn until they are gone."""
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_sink_writes_in_order(bench))
+    runner.run(_sink_writes_in_order(bench))
 
 
 async def _sink_writes_in_order(bench: Bench) -> None:
     owner = Owner()
-    server, peer, transport, conn = await loopback_link(owner)
-    try:
+    async with loopback_link(owner) as (peer, transport, conn):
         link_port = bench.core.add_link("l1", star=False, up=True)
         stats = LinkStats(keepalive_s=0.5)
         bench.sync(sinks=(None, None, fastpath.compiled.Sink(-1, transport, stats, conn)))
@@ -384,25 +394,18 @@ async def _sink_writes_in_order(bench: Bench) -> None:
         conn.close()
         assert conn.read_fd == -1 and not bench.switch.frame(bench.a, vf)
         await asyncio.wait_for(peer.ended, 10)  # our duplicate fd did not hold it open
-    finally:
-        transport.close()
-        server.close()
-        await server.wait_closed()
 
 
-@LOOPS
 def test_a_fast_link_is_read_in_c_and_its_end_reaches_python(bench: Bench,
-                                                            loop_factory: Any) -> None:
+                                                            runner: asyncio.Runner) -> None:
     """FRAMEs from the peer reach guest b, a PING reaches Python, in order; when the peer
     closes, reading goes back to the transport, which reports the loss."""
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(_link_read_in_c(bench))
+    runner.run(_link_read_in_c(bench))
 
 
 async def _link_read_in_c(bench: Bench) -> None:
     owner = LostOwner()
-    server, peer, transport, conn = await loopback_link(owner)
-    try:
+    async with loopback_link(owner) as (peer, _, conn):
         link_port = bench.core.add_link("l1", star=False, up=True)
         bench.sync(sinks=(fastpath.compiled.Sink(bench.pairs["a"][0].fileno()),
                           fastpath.compiled.Sink(bench.pairs["b"][0].fileno()), None))
@@ -428,8 +431,4 @@ async def _link_read_in_c(bench: Bench) -> None:
         peer.transport.close()
         await asyncio.wait_for(owner.lost, 10)
         assert conn.read_fd == -1 and conn.transport is None
-    finally:
-        transport.close()
-        server.close()
-        await server.wait_closed()
 
