@@ -45,6 +45,11 @@ paired runs; the same ratio of the forwarders' CPU seconds per GB is
 recorded beside it. Both overlays are CPU-bound then, the case where a
 per-frame cost shows most.
 
+The native ratio goal is judged on interleaved runs: with both paths up at
+once (the veth pair on the bridge, the TAP pair through vnet), single-stream
+runs alternate native and vnet, and the median of the per-round ratios is the
+figure; the sessions' ratio is recorded beside it.
+
 Guest TCP is cubic, Linux's default (iperf3 -C; see guest_cc), on every
 path; BBR, this machine image's default, is measured beside it on native and
 vnet_tcp. Per path, after one unmeasured iperf3 run (the first run after a
@@ -108,6 +113,9 @@ class ForwarderBenchSettings:
     cost_max_rounds: int = 16
     cost_runs: int = 2  # simultaneous iperf3 pairs per round
     cost_ci_level: float = 0.9  # two-sided, percentile bootstrap of the median
+    # The native ratio goal is judged on runs that alternate native and vnet (both up at
+    # once, on the two guest pairs), not on the sessions measured one after another.
+    ratio_rounds: int = 8
     # Guest TCP congestion control for every iperf3 run (-C): Linux's default, which a
     # guest VM's own kernel runs. This machine's image makes BBR the default; BBR paces
     # below what a user-space relay can carry (one stream here: native 17.2 -> 19.0 Gbit/s
@@ -460,13 +468,16 @@ def floor_path(tb: Testbed, s: ForwarderBenchSettings,
 
 @contextmanager
 def vnet_path(tb: Testbed, bus: BusSettings | None, extra: list[str], logs: Path,
-              tag: str) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """One forwarder per host (launch.py), stopped at the end; yields their processes."""
+              tag: str, only: GuestPair | None = None,
+              ) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """One forwarder per host (launch.py), stopped at the end; yields their processes.
+    With `only`, the forwarders attach that pair's guests alone."""
     procs: list[subprocess.Popen[bytes]] = []
+    guests = None if only is None else (only.src, only.dst)
     try:
         for host in (tb.proxy_host, *[h for h in tb.hosts() if h != tb.proxy_host]):
             procs.append(start_forwarder(tb, host, bus, log=logs / f"{tag}-{host}.log",
-                                         lan=False, extra=extra))
+                                         lan=False, extra=extra, only=guests))
         yield procs
     finally:
         for proc in procs:
@@ -548,16 +559,52 @@ def _iperf_pair(tbs: tuple[Testbed, Testbed], s: ForwarderBenchSettings,
     raise RuntimeError(f"paired iperf3 failed: {detail}")
 
 
-def cost_interval(ratios: list[float], level: float, resamples: int = 4000,
-                  seed: int = 0) -> tuple[float, float]:
-    """The percentile-bootstrap interval of 1 - median(on/off ratios): the cost's
-    (low, high) at the given two-sided level."""
+def median_interval(values: list[float], level: float, resamples: int = 4000,
+                    seed: int = 0) -> tuple[float, float]:
+    """The percentile-bootstrap interval of the median, (low, high) at a two-sided level."""
     rng = np.random.default_rng(seed)
-    data = np.asarray(ratios, dtype=float)
+    data = np.asarray(values, dtype=float)
     medians = np.median(rng.choice(data, size=(resamples, data.size)), axis=1)
     tail = (1.0 - level) / 2 * 100
-    low_ratio, high_ratio = np.percentile(medians, [tail, 100 - tail])
-    return 1.0 - float(high_ratio), 1.0 - float(low_ratio)
+    low, high = np.percentile(medians, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def cost_interval(ratios: list[float], level: float) -> tuple[float, float]:
+    """The interval of 1 - median(on/off ratios): the cost's (low, high)."""
+    low_ratio, high_ratio = median_interval(ratios, level)
+    return 1.0 - high_ratio, 1.0 - low_ratio
+
+
+def interleaved_ratio(tb: Testbed, s: ForwarderBenchSettings, bus: BusSettings,
+                      counting: list[str], logs: Path, progress: Progress) -> dict[str, object]:
+    """vnet TCP against native in alternating single-stream runs, both paths up at once:
+    the veth pair on the bridge, the TAP pair through vnet (counting and publishing as
+    vnet_tcp). Runs a few seconds apart share the machine's state; sessions minutes
+    apart drifted by up to 38 % on this machine."""
+    ratios: list[float] = []
+    runs: list[dict[str, float]] = []
+    with native_path(tb), vnet_path(tb, bus, counting, logs, "ratio", only=TAP):
+        _wait_ping(tb, s, "interleaved native", VETH)
+        _wait_ping(tb, s, "interleaved vnet", TAP)
+        _warm_up((tb,), s, VETH)
+        _warm_up((tb,), s, TAP)
+        for r in range(s.ratio_rounds):
+            order = (VETH, TAP) if r % 2 == 0 else (TAP, VETH)
+            got = {pair: _iperf(tb, s, 1, pair) for pair in order}
+            ratios.append(got[TAP] / got[VETH])
+            runs.append({"native_gbps": round(got[VETH], 3), "vnet_gbps": round(got[TAP], 3)})
+            progress(f"interleaved round {r}: native {got[VETH]:.2f}, vnet {got[TAP]:.2f}"
+                     f" Gbit/s, ratio {ratios[-1]:.3f}")
+    low, high = median_interval(ratios, s.cost_ci_level)
+    return {
+        "method": "alternating single-stream iperf3 runs, native (veth pair, bridge) and"
+                  " vnet TCP (TAP pair, counting at the update rate), both paths up at once",
+        "runs": runs,
+        "ratios": [round(x, 4) for x in ratios],
+        "median": round(statistics.median(ratios), 4),
+        f"median_ci{round(s.cost_ci_level * 100)}": [round(low, 4), round(high, 4)],
+    }
 
 
 def counting_cost(tbs: tuple[Testbed, Testbed], s: ForwarderBenchSettings, bus: BusSettings,
@@ -611,7 +658,7 @@ def counting_cost(tbs: tuple[Testbed, Testbed], s: ForwarderBenchSettings, bus: 
 
 
 def run(s: ForwarderBenchSettings, progress: Progress, logs: Path,
-        ) -> tuple[dict[str, PathResult], dict[str, object]]:
+        ) -> tuple[dict[str, PathResult], dict[str, object], dict[str, object]]:
     paths = {
         "native": PathResult("both guests on one Linux bridge (namespace of its own)"),
         "vxlan": PathResult("kernel VXLAN between the host namespaces, bridged to the guests"),
@@ -688,22 +735,25 @@ def run(s: ForwarderBenchSettings, progress: Progress, logs: Path,
                     rates = paths[name].extra.setdefault("frames_h1_published_hz", [])
                     assert isinstance(rates, list)
                     rates.append(round(rate, 1))
+            progress("interleaved native / vnet TCP: setting up")
+            interleaved = interleaved_ratio(tb, s, bus, counting, logs, progress)
             cost = counting_cost((tb, tb_b), s, bus, counting, logs, progress)
         finally:
             for server in servers:
                 _stop(server)
-    return paths, cost
+    return paths, cost, interleaved
 
 
 def main(progress: Progress) -> BenchOutput:
     s = ForwarderBenchSettings()
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vnet-fwdbench-logs-") as logdir:
-        paths, paired = run(s, progress, Path(logdir))
+        paths, paired, interleaved = run(s, progress, Path(logdir))
     native, tinc = paths["native"], paths["tinc"]
     tcp, udp, off = paths["vnet_tcp"], paths["vnet_udp"], paths["vnet_tcp_off"]
     floor, c_floor = paths["python_floor"], paths["c_floor"]
-    ratio = tcp.gbps_1 / native.gbps_1
+    ratio = float(interleaved["median"])  # type: ignore[arg-type]
+    sessions_ratio = tcp.gbps_1 / native.gbps_1
     vs_tinc = tcp.gbps_1 / tinc.gbps_1
     added = {name: (paths[name].rtt_ms - native.rtt_ms) / HOPS
              for name in ("vnet_tcp", "vnet_tcp_packet", "vnet_udp", "vnet_tcp_python",
@@ -722,8 +772,10 @@ def main(progress: Progress) -> BenchOutput:
                    " h1, t2 on the proxy (the other vnet paths)",
         "overlay_hops_src_to_dst": HOPS,
         "paths": {name: p.summary() for name, p in paths.items()},
+        "vnet_tcp_vs_native_1_interleaved": interleaved,
         "ratios": {
-            "vnet_tcp_vs_native_1": round(ratio, 3),
+            "vnet_tcp_vs_native_1": round(ratio, 3),  # the interleaved runs' median
+            "sessions_vnet_tcp_vs_native_1": round(sessions_ratio, 3),
             "vnet_tcp_vs_native_4": round(tcp.gbps_4 / native.gbps_4, 3),
             f"vnet_tcp_vs_native_1_{s.compare_cc}": (
                 round(compared["vnet_tcp"] / compared["native"], 3) if len(compared) == 2
@@ -749,8 +801,8 @@ def main(progress: Progress) -> BenchOutput:
         "chart": "forwarder_throughput.png",
     }
     goals = [
-        Goal.at_least("vnet TCP single stream / native", s.native_ratio_goal, round(ratio, 3),
-                      "x"),
+        Goal.at_least("vnet TCP single stream / native (interleaved runs)", s.native_ratio_goal,
+                      round(ratio, 3), "x"),
         Goal("vnet TCP single stream / tinc", "> 1", round(vs_tinc, 3), "x", vs_tinc > 1.0),
         Goal.below("RTT added per overlay hop (vnet TCP)", s.rtt_per_hop_goal_ms,
                    round(added_tcp, 4), "ms"),

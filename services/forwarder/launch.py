@@ -11,6 +11,7 @@ from __future__ import annotations
 import select
 import subprocess
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,17 @@ def listen_address(tb: Any, host: str, port: int = DEFAULT_PORT) -> str:
 
 
 def forwarder_argv(tb: Any, host: str, bus: BusSettings | None, *, port: int = DEFAULT_PORT,
-                   lan: bool = True, extra: list[str] | None = None) -> list[str]:
-    """`vnet forwarder ...` for one testbed host: its guests, the proxy, members."""
+                   lan: bool = True, extra: list[str] | None = None,
+                   only: Collection[str] | None = None) -> list[str]:
+    """`vnet forwarder ...` for one testbed host: its guests (those named in `only`, if
+    given), the proxy, members."""
     argv = [sys.executable, "-m", "services.cli.main", "forwarder", "--host", host,
             "--listen", listen_address(tb, host, port), "--members", ",".join(tb.hosts())]
     if host == tb.proxy_host:
         argv += ["--proxy"] + (["--lan", tb.lan_ifname] if lan else [])
     else:
         argv += ["--proxy-address", listen_address(tb, tb.proxy_host, port)]
-    guests = [g for g in tb.guests() if g.host == host]
+    guests = _guests(tb, host, only)
     for g in guests:
         where = f"tap={g.host_ifname},netns={g.netns}" if g.attach == "tap" \
             else f"iface={g.host_ifname}"
@@ -60,7 +63,11 @@ def start_forwarder(tb: Any, host: str, bus: BusSettings | None, *, log: Path,
     if not line.startswith(b'{"ready": true'):
         tail = log.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"forwarder {host} not ready in {timeout}s (exit {proc.poll()}): {tail}")
-    for g in tb.guests():
-        if g.host == host and g.attach == "tap":
+    for g in _guests(tb, host, kw.get("only")):
+        if g.attach == "tap":
             tb.configure_guest_interface(g.name, g.host_ifname)
     return proc
+
+
+def _guests(tb: Any, host: str, only: Collection[str] | None) -> list[Any]:
+    return [g for g in tb.guests() if g.host == host and (only is None or g.name in only)]
