@@ -34,7 +34,7 @@
 
 static PyObject *str_frames_in, *str_tx_frames, *str_tx_bytes, *str_rx_frames,
     *str_rx_bytes, *str_last_rx, *str_clock, *str_get_write_buffer_size, *str_write,
-    *str_deliver, *str_bad_stream, *str_read_ended;
+    *str_deliver, *str_bad_stream, *str_read_in_transport;
 
 typedef struct Switch_s Switch;
 
@@ -78,7 +78,6 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     int fd;
-    PyObject *transport; /* None for a guest */
     PyObject *stats;     /* None for a guest */
     StreamBase *conn;    /* NULL for a guest */
     PyObject *buffered, *write; /* the transport's bound methods */
@@ -98,8 +97,6 @@ static int Sink_init(Sink *self, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_TypeError, "a link sink needs a transport and its StreamBase conn");
         return -1;
     }
-    Py_INCREF(transport);
-    Py_XSETREF(self->transport, transport);
     Py_INCREF(stats);
     Py_XSETREF(self->stats, stats);
     Py_XINCREF(conn == Py_None ? NULL : conn);
@@ -115,7 +112,6 @@ static int Sink_init(Sink *self, PyObject *args, PyObject *kw)
 
 static void Sink_dealloc(Sink *self)
 {
-    Py_XDECREF(self->transport);
     Py_XDECREF(self->stats);
     Py_XDECREF(self->conn);
     Py_XDECREF(self->buffered);
@@ -536,8 +532,7 @@ static PyTypeObject GuestReaderType = {
     .tp_methods = GuestReader_methods,
 };
 
-/* ------------------------------------------------------------ StreamBase */
-
+/* ---------------------------------------------------- StreamBase methods */
 
 static int StreamBase_init(StreamBase *self, PyObject *args, PyObject *kw)
 {
@@ -784,8 +779,8 @@ out_error:
 
 /* The socket (read_from's fd) is readable: receive and carry, as the transport's
  * get_buffer/buffer_updated would, without two calls into Python per read. End of
- * stream or an error goes to self._read_ended(), which hands reading back to the
- * transport: it reads the end (or the error) again and reports it as usual. */
+ * stream or an error goes to self._read_in_transport(), which hands reading back
+ * to the transport: it reads the end (or the error) again and reports it as usual. */
 static PyObject *StreamBase_readable(StreamBase *self, PyObject *unused)
 {
     for (int i = 0; i < 16 && self->read_fd >= 0; i++) {
@@ -797,7 +792,7 @@ static PyObject *StreamBase_readable(StreamBase *self, PyObject *unused)
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
-            return PyObject_CallMethodNoArgs((PyObject *)self, str_read_ended);
+            return PyObject_CallMethodNoArgs((PyObject *)self, str_read_in_transport);
         PyObject *r = stream_updated(self, n);
         if (r == NULL)
             return NULL;
@@ -891,7 +886,7 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     INTERN(str_write, "write");
     INTERN(str_deliver, "_deliver");
     INTERN(str_bad_stream, "_bad_stream");
-    INTERN(str_read_ended, "_read_ended");
+    INTERN(str_read_in_transport, "_read_in_transport");
     if (PyType_Ready(&SinkType) < 0 || PyType_Ready(&SwitchType) < 0 ||
         PyType_Ready(&GuestReaderType) < 0 || PyType_Ready(&StreamBaseType) < 0)
         return NULL;

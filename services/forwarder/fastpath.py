@@ -71,16 +71,16 @@ if compiled is not None:
         on plain TCP, the socket is read by a reader callback in C (readable)
         on a duplicate of its fd, the transport's reading paused: each wake-up
         is then one call from the loop instead of three (get_buffer twice,
-        buffer_updated), the part of a light-load hop that is Python's. Writes
-        and closing stay the transport's; at the end of the stream, or an
-        error, reading goes back to the transport, which meets it again and
-        reports it as it always does.
+        buffer_updated), the part of a light-load hop that is Python's. The
+        link's sink writes to the same duplicate, asking the transport first
+        only when bytes were handed to it (queued). Closing stays the
+        transport's; at the end of the stream, or an error, reading goes back
+        to the transport, which meets it again and reports it as it always does.
         """
 
         def __init__(self, owner: LinkOwner, dialer: bool, link: Any = None) -> None:
             # StreamBase's (empty) __init__ comes first in the MRO: name StreamConn's.
             StreamConn.__init__(self, owner, dialer, link)
-            self._read_fd = -1  # our duplicate of the socket's fd while C reads it
 
         def _make_buffer(self) -> None:
             self.setup(RECV_BUFFER, RECV_CHUNK, framing.MAX_LINK_MESSAGE,
@@ -96,29 +96,28 @@ if compiled is not None:
 
         def _read_in_c(self) -> None:
             t = self.transport
-            if self._read_fd >= 0 or self._fd < 0 or t is None or t.is_closing():
+            if self.read_fd >= 0 or self._fd < 0 or t is None or t.is_closing():
                 return
             t.pause_reading()
-            self._read_fd = os.dup(self._fd)
-            asyncio.get_running_loop().add_reader(self._read_fd, self.readable)
-            self.read_from(self._read_fd)
+            fd = os.dup(self._fd)  # ours: the transport's number may be reused once it closes
+            asyncio.get_running_loop().add_reader(fd, self.readable)
+            self.read_from(fd)
 
         def _read_in_transport(self) -> None:
-            if self._read_fd < 0:
+            """Stop reading in C (also the C reader's call at the end of the stream)."""
+            fd = self.read_fd
+            if fd < 0:
                 return
             self.read_from(-1)
-            asyncio.get_running_loop().remove_reader(self._read_fd)
-            os.close(self._read_fd)  # before the transport closes: ours would keep it open
-            self._read_fd = -1
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)  # before the transport closes: ours would keep the socket open
             t = self.transport
             if t is not None and not t.is_closing():
                 t.resume_reading()
 
-        def _handed_to_transport(self) -> None:
-            self.queued = 1
-
-        def _read_ended(self) -> None:
-            self._read_in_transport()
+        def _to_transport(self, t: asyncio.Transport, data: bytes) -> None:
+            t.write(data)
+            self.queued = 1  # the sink asks the transport before writing around it
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._read_in_transport()

@@ -147,11 +147,12 @@ class StreamConn(asyncio.BufferedProtocol):
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:
-            self.transport.write(data)
-            self._handed_to_transport()
+            self._to_transport(self.transport, data)
 
-    def _handed_to_transport(self) -> None:
-        """Bytes went to the transport's write (the fast path's sink must then ask it)."""
+    def _to_transport(self, t: asyncio.Transport, data: bytes) -> None:
+        """Every write that goes through the transport comes here (FastStreamConn
+        notes that bytes may be queued there, for its fast-path sink)."""
+        t.write(data)
 
     def write_many(self, pieces: list[bytes]) -> None:
         """Send pieces with one gathering write (no join copy) when nothing is queued.
@@ -163,21 +164,18 @@ class StreamConn(asyncio.BufferedProtocol):
         if t is None:
             return
         if self._fd < 0 or t.get_write_buffer_size() or t.is_closing():
-            t.write(b"".join(pieces))
-            self._handed_to_transport()
+            self._to_transport(t, b"".join(pieces))
             return
         try:
             sent = os.writev(self._fd, pieces[:_IOV_MAX])
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
-            t.write(b"".join(pieces))  # let the transport see and report the error
-            self._handed_to_transport()
+            self._to_transport(t, b"".join(pieces))  # the transport sees and reports it
             return
         rest = b"".join(pieces)[sent:] if sent < sum(map(len, pieces)) else b""
         if rest:
-            t.write(rest)
-            self._handed_to_transport()
+            self._to_transport(t, rest)
 
     @property
     def fd(self) -> int:
