@@ -240,11 +240,18 @@ def _cc_args(cc: str) -> list[str]:
     return ["-C", cc] if cc in available else []
 
 
+def _iperf_argv(tb: Testbed, s: ForwarderBenchSettings, pair: GuestPair, streams: int = 1,
+                seconds: int | None = None, cc: str | None = None) -> list[str]:
+    """An iperf3 client towards the pair's dst, JSON out; seconds: iperf_s, cc: guest_cc
+    unless given."""
+    return ["iperf3", "-c", tb.guest(pair.dst).ip, "-t", str(seconds or s.iperf_s),
+            "-O", str(s.iperf_omit_s), "-P", str(streams), *_cc_args(cc or s.guest_cc), "-J"]
+
+
 def _iperf(tb: Testbed, s: ForwarderBenchSettings, streams: int, pair: GuestPair,
            cc: str | None = None) -> float:
     """Gbit/s received by the server in one iperf3 run (two tries); cc: guest_cc unless given."""
-    argv = ["iperf3", "-c", tb.guest(pair.dst).ip, "-t", str(s.iperf_s), "-O", str(s.iperf_omit_s),
-            "-P", str(streams), *_cc_args(cc or s.guest_cc), "-J"]
+    argv = _iperf_argv(tb, s, pair, streams, cc=cc)
     detail = ""
     for _ in range(2):
         r = tb.run(tb.guest(pair.src).netns, argv, check=False,
@@ -530,10 +537,8 @@ def _topic_rate(tail_out: Path, topic: str, since: float, until: float) -> float
 def _iperf_start(tb: Testbed, s: ForwarderBenchSettings, pair: GuestPair,
                  seconds: int | None = None) -> subprocess.Popen[bytes]:
     """One single-stream iperf3 client, JSON on its stdout; seconds: iperf_s unless given."""
-    argv = ["iperf3", "-c", tb.guest(pair.dst).ip, "-t", str(seconds or s.iperf_s),
-            "-O", str(s.iperf_omit_s), *_cc_args(s.guest_cc), "-J"]
-    return tb.popen(tb.guest(pair.src).netns, argv, stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL)
+    return tb.popen(tb.guest(pair.src).netns, _iperf_argv(tb, s, pair, seconds=seconds),
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
 
 def _iperf_end(proc: subprocess.Popen[bytes], s: ForwarderBenchSettings) -> float | str:
