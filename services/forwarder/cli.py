@@ -27,6 +27,7 @@ def _settings(args: argparse.Namespace) -> ForwarderSettings:
         keepalive_s=args.keepalive_s,
         mtu=args.mtu,
         udp_datagram_max=args.udp_datagram_max,
+        link_congestion=args.link_congestion,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_ca=args.tls_ca,
@@ -171,6 +172,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--udp-datagram-max", type=int, default=1472,
                    help="UDP links: largest datagram payload the underlay carries unfragmented;"
                         " larger frames go in pieces (1472 on a 1500-byte path)")
+    p.add_argument("--link-congestion", default="cubic", metavar="NAME",
+                   help="TCP links' congestion control (\"\": the kernel's default); one"
+                        " the kernel lacks is logged and counted, and the default kept")
     p.add_argument("--tls-cert", default="", help="PEM cert (with key unless --tls-key)")
     p.add_argument("--tls-key", default="", help="PEM key for --tls-cert")
     p.add_argument("--tls-ca", default="", help="CA peers' certs must chain to (default: cert)")

@@ -366,6 +366,22 @@ class Forwarder:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _tune(self, conn: StreamConn) -> None:
+        """No Nagle, a deep write buffer, and the configured congestion control."""
+        if conn.transport is None:
+            return
+        sock = conn.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.s.link_congestion:
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION,
+                                    self.s.link_congestion.encode())
+                except OSError as exc:
+                    self.error("link_congestion_refused",
+                               f"congestion control {self.s.link_congestion!r}: {exc}")
+        conn.transport.set_write_buffer_limits(high=4 << 20)
+
     def _att_error(self, counter: str, detail: str) -> None:
         self.error(counter, detail)
 
@@ -632,7 +648,7 @@ class Forwarder:
                     self.s.handshake_s,
                 )
                 conn = proto
-                _tune(proto)
+                self._tune(proto)
                 proto.write(framing.encode(MsgType.HELLO, self._hello(link).encode()))
                 if await asyncio.wait_for(proto.welcomed, self.s.handshake_s):
                     if link.conn is not proto:  # normally set on WELCOME already
@@ -756,7 +772,7 @@ class Forwarder:
         conn.link = link
         link.conn = conn
         link.peer_macs = hello.guest_macs
-        _tune(conn)
+        self._tune(conn)
         conn.write(framing.encode(MsgType.WELCOME, self.s.host.encode()))
         self._set_up(link, True, time.monotonic())
 
@@ -1044,15 +1060,6 @@ _TIMER_SLACK_S = 0.002
 def _set_done(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def _tune(conn: StreamConn) -> None:
-    if conn.transport is None:
-        return
-    sock = conn.transport.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    conn.transport.set_write_buffer_limits(high=4 << 20)
 
 
 def _tls_contexts(s: ForwarderSettings) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:

@@ -405,3 +405,40 @@ async def test_a_guest_moves_between_forwarders_on_a_standby_attachment(
 
 def mac_bytes(mac: str) -> bytes:
     return bytes.fromhex(mac.replace(":", ""))
+
+
+def _congestion_of(sock: socket.socket) -> str:
+    name: bytes = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16)
+    return name.split(b"\0")[0].decode()
+
+
+def _congestion(fwd: Forwarder, link_id: str) -> str:
+    conn = fwd.links[link_id].conn
+    assert conn is not None and conn.transport is not None
+    return _congestion_of(conn.transport.get_extra_info("socket"))
+
+
+def _kernel_default_congestion() -> str:
+    with socket.socket() as s:
+        return _congestion_of(s)
+
+
+async def test_tcp_links_use_the_configured_congestion_control(tmp_path: Path) -> None:
+    """reno (always built in) on both ends of the star links, whatever the kernel's default."""
+    async with network(tmp_path, link_congestion="reno") as n:
+        assert _congestion(n.a, "star-a") == "reno"
+        assert _congestion(n.proxy, "star-a") == "reno"
+        frame = eth(MB, MA, b"reno" + bytes(50))
+        n.qa.send(frame)
+        await n.qb.expect(lambda f: f == frame)
+
+
+async def test_an_unknown_congestion_control_is_counted_and_links_still_work(
+        tmp_path: Path) -> None:
+    async with network(tmp_path, link_congestion="no-such-cc") as n:
+        assert n.a.counters["link_congestion_refused"] >= 1
+        assert n.proxy.counters["link_congestion_refused"] >= 1
+        assert _congestion(n.a, "star-a") == _kernel_default_congestion()
+        frame = eth(MB, MA, b"default" + bytes(50))
+        n.qa.send(frame)
+        await n.qb.expect(lambda f: f == frame)
