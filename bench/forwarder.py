@@ -73,7 +73,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -82,11 +82,13 @@ from matplotlib.figure import Figure
 from bench.report import RESULTS_DIR, BenchOutput, Goal
 from services.bus.launch import Launcher
 from services.bus.settings import BusSettings
+from services.forwarder.config import ForwarderSettings
 from services.forwarder.launch import start_forwarder
 from services.testbed.spec import TestbedSpec
 from services.testbed.testbed import Testbed
 
 Progress = Callable[[str], None]
+_LINK_CC = next(f.default for f in fields(ForwarderSettings) if f.name == "link_congestion")
 BUILD_DIR = Path(__file__).resolve().parents[1] / "build" / "bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -772,6 +774,9 @@ def main(progress: Progress) -> BenchOutput:
     results: dict[str, object] = {
         "settings": asdict(s),
         "guest_tcp_cc": s.guest_cc if _cc_args(s.guest_cc) else "the kernel's default",
+        "link_tcp_cc": _LINK_CC,  # vnet's TCP links: the forwarder's default
+        "kernel_default_tcp_cc": Path("/proc/sys/net/ipv4/tcp_congestion_control")
+        .read_text().strip(),
         "testbed": "two hosts on one underlay segment; guest MTU 1400; veth guests g1 on h1,"
                    " g2 on the proxy (kernel paths, floors, vnet_tcp_packet); TAP guests t1 on"
                    " h1, t2 on the proxy (the other vnet paths)",
