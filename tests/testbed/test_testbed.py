@@ -12,7 +12,7 @@ from pyroute2 import NetNS
 from services.testbed import rundir
 from services.testbed.measure import ping
 from services.testbed.spec import TestbedSpec, load_spec
-from services.testbed.testbed import Testbed, TestbedError
+from services.testbed.testbed import Testbed, TestbedError, rx_cpu_mask
 
 from .conftest import EXAMPLES, SPECS, leftovers, needs_netns
 
@@ -31,6 +31,11 @@ def link(netns: str, ifname: str) -> dict[str, Any]:
         return {"mac": msg.get("address"), "mtu": msg.get("mtu"),
                 "up": bool(msg["flags"] & 1), "master": msg.get("master"), "addrs": addrs,
                 "ipv4": [a for a in ns.get_addr(index=found[0], family=2)]}
+
+
+def rps_cpus(tb: Testbed, netns: str, ifname: str) -> int:
+    path = f"/sys/class/net/{ifname}/queues/rx-0/rps_cpus"
+    return int(tb.run(netns, ["cat", path]).stdout.strip().replace(",", ""), 16)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
@@ -55,6 +60,11 @@ def test_builds_example_and_leaves_nothing(path: Path) -> None:
         for h in tb.hosts():
             u0 = link(tb.host_netns(h), "u0")
             assert u0["addrs"] == [(tb.underlay_ip(h), 24)] and u0["mtu"] == 1500
+            # The underlay keeps a flow's order: its receive side runs on one CPU.
+            for ns, ifname in ((tb.host_netns(h), "u0"),
+                               (tb.site_netns(tb.site_of(h)),
+                                next(p.site_ifname for p in tb.plan.hosts if p.name == h))):
+                assert rps_cpus(tb, ns, ifname) == int(rx_cpu_mask().replace(",", ""), 16)
         lan = link(tb.host_netns(tb.proxy_host), tb.lan_ifname)
         assert lan["up"] and lan["addrs"] == []
         assert link(tb.lan_netns, "eth0")["addrs"] == [(tb.lan_ip, 16)]
