@@ -85,7 +85,7 @@ from services.bus.settings import BusSettings
 from services.forwarder.config import ForwarderSettings
 from services.forwarder.launch import start_forwarder
 from services.testbed.spec import TestbedSpec
-from services.testbed.testbed import Testbed
+from services.testbed.testbed import Testbed, plain_bridges
 
 Progress = Callable[[str], None]
 _LINK_CC = next(f.default for f in fields(ForwarderSettings) if f.name == "link_congestion")
@@ -337,6 +337,7 @@ def native_path(tb: Testbed) -> Iterator[None]:
     subprocess.run(["ip", "netns", "add", ns], check=True)
     moved: list[tuple[str, str]] = []
     try:
+        plain_bridges(ns)  # as the testbed's own bridges
         _ip(ns, "link", "set", "lo", "up")
         _ip(ns, "link", "add", "br0", "type", "bridge")
         for ifname, home in homes:

@@ -65,6 +65,10 @@ def test_builds_example_and_leaves_nothing(path: Path) -> None:
                                (tb.site_netns(tb.site_of(h)),
                                 next(p.site_ifname for p in tb.plan.hosts if p.name == h))):
                 assert rps_cpus(tb, ns, ifname) == int(rx_cpu_mask().replace(",", ""), 16)
+        for ns in tb.plan.namespaces:  # plain switches, where br_netfilter is loaded
+            hooks = tb.run(ns, ["sh", "-c", "cat /proc/sys/net/bridge/bridge-nf-call-*"
+                                " 2>/dev/null || true"]).stdout.split()
+            assert set(hooks) <= {"0"}, (ns, hooks)
         lan = link(tb.host_netns(tb.proxy_host), tb.lan_ifname)
         assert lan["up"] and lan["addrs"] == []
         assert link(tb.lan_netns, "eth0")["addrs"] == [(tb.lan_ip, 16)]
