@@ -56,9 +56,12 @@ def _migrator(args: argparse.Namespace) -> int:
     try:
         backend = make_backend(args)
         settings = MigratorSettings(max_concurrent=args.max_concurrent,
-                                    journal_dir=args.journal, follow_plans=not args.no_plans)
+                                    journal_dir=args.journal, follow_plans=not args.no_plans,
+                                    recover_wait_s=args.recover_wait_s)
         if settings.max_concurrent < 1:
             raise ValueError("--max-concurrent must be at least 1")
+        if settings.recover_wait_s < 0:
+            raise ValueError("--recover-wait-s must not be negative")
     except (ValueError, ImportError) as exc:
         print(f"vnet migrator: {exc}", file=sys.stderr)
         return 2
@@ -140,6 +143,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--journal", default=d.journal_dir,
                    help="directory of in-flight moves, rolled back after a crash"
                         " (default %(default)s)")
+    p.add_argument("--recover-wait-s", type=float, default=d.recover_wait_s,
+                   help="at start, gather forwarder states this long before rolling back"
+                        " journalled moves; a request naming a host or guest not heard from"
+                        " yet waits as long (default %(default)s)")
     p.add_argument("--no-plans", action="store_true",
                    help="ignore the planner's migrations; take operators' requests only")
     p.add_argument("--host", default=socket.gethostname(), help="host name in sources and logs")

@@ -4,6 +4,10 @@ No sockets or clocks: the shell feeds it forwarder states and requests with
 the current time and publishes the statuses it returns. A request is refused
 (a FAILED status naming why, nothing changed) when the guest or host is
 unknown, the guest is already on that host, or it is already moving.
+
+Right after a start the migrator has heard from no forwarder yet: until
+settle_until, a request naming a host or guest it does not know yet waits
+(parked) for the states to come, and is judged again as they do (recheck).
 """
 
 from __future__ import annotations
@@ -26,12 +30,15 @@ class HostView:
 
 
 class MigratorCore:
-    def __init__(self, backend: str, max_concurrent: int = 2, host_stale_s: float = 10.0) -> None:
+    def __init__(self, backend: str, max_concurrent: int = 2, host_stale_s: float = 10.0,
+                 settle_until: float = 0.0) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent {max_concurrent} must be at least 1")
         self.backend = backend
         self.max_concurrent = max_concurrent
         self.host_stale_s = host_stale_s
+        self.settle_until = settle_until
+        self.parked: list[tuple[str, pb.MigrationRequest]] = []  # (migration id, request)
         self.hosts: dict[str, HostView] = {}
         self.queue: deque[Move] = deque()
         self.active: dict[str, Move] = {}  # by migration id
@@ -66,7 +73,23 @@ class MigratorCore:
             self.counters.inc("request_repeated")
             return None
         self._remember(mid)
-        error = self._check(req, now)
+        return self._judge(mid, req, now, fresh=True)
+
+    def recheck(self, now: float) -> list[pb.MigrationStatus]:
+        """Judge the parked requests again (new states came, or time passed): queue
+        those that now hold, and refuse the rest once the settling time is over."""
+        parked, self.parked = self.parked, []
+        refused = [self._judge(mid, req, now, fresh=False) for mid, req in parked]
+        return [status for status in refused if status is not None]
+
+    def _judge(self, mid: str, req: pb.MigrationRequest, now: float,
+               fresh: bool) -> pb.MigrationStatus | None:
+        error, unheard = self._check(req, now)
+        if error and unheard and now < self.settle_until:
+            self.parked.append((mid, req))
+            if fresh:
+                self.counters.inc("request_parked")
+            return None
         if error:
             self.counters.inc("request_refused")
             return pb.MigrationStatus(
@@ -80,25 +103,29 @@ class MigratorCore:
         self.counters.inc("request_queued")
         return None
 
-    def _check(self, req: pb.MigrationRequest, now: float) -> str:
+    def _check(self, req: pb.MigrationRequest, now: float) -> tuple[str, bool]:
+        """Why the request cannot be queued ("" if it can), and whether the reason is
+        only a host or guest not heard from (yet)."""
         if not req.guest_id or not req.to_host:
-            return "a migration request needs a guest and a destination host"
+            return "a migration request needs a guest and a destination host", False
+        if self.moving(req.guest_id):
+            return f"guest {req.guest_id!r} is already moving", False
         view = self.hosts.get(req.to_host)
         if view is None or now - view.seen_at > self.host_stale_s:
             known = ", ".join(sorted(self.hosts)) or "none"
-            return f"unknown host {req.to_host!r} (hosts with a live forwarder: {known})"
-        if self.moving(req.guest_id):
-            return f"guest {req.guest_id!r} is already moving"
+            return f"unknown host {req.to_host!r} (hosts with a live forwarder: {known})", True
         where = self.where(req.guest_id, now)
         if not where:
-            return f"unknown guest {req.guest_id!r}: no forwarder reports it live"
+            return f"unknown guest {req.guest_id!r}: no forwarder reports it live", True
         if len(where) > 1:
-            return f"guest {req.guest_id!r} is reported live on {where}; refusing to guess"
+            return f"guest {req.guest_id!r} is reported live on {where}; refusing to guess", False
         if where[0] == req.to_host:
-            return f"guest {req.guest_id!r} is already on {req.to_host!r}"
-        return ""
+            return f"guest {req.guest_id!r} is already on {req.to_host!r}", False
+        return "", False
 
     def moving(self, guest_id: str) -> bool:
+        """Queued or running. A parked request does not count: the first request for a
+        guest that can go, goes; a parked one met again later finds the guest moving."""
         return any(m.guest_id == guest_id for m in [*self.queue, *self.active.values()])
 
     def adopt(self, move: Move) -> None:

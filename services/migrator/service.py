@@ -36,7 +36,9 @@ class MigratorSettings:
     max_concurrent: int = 2  # moves at once; more requests queue
     journal_dir: str = "/run/vnet-migrator"  # in-flight moves, for recovery after a crash
     repeat_s: float = 0.3  # resend a guest command this often until a state confirms it
-    recover_wait_s: float = 2.0  # at start, gather forwarder states this long, then recover
+    # At start, gather forwarder states this long, then recover journalled moves; a request
+    # naming a host or guest not heard from yet waits this long for its state.
+    recover_wait_s: float = 2.0
     follow_plans: bool = True  # carry out the planner's migrations (else operators' only)
     host_stale_s: float = 10.0  # a host whose state is older is unknown
 
@@ -77,7 +79,8 @@ class MigratorService:
         self.s = settings
         self.backend = backend
         self.client = client
-        self.core = MigratorCore(backend.name, settings.max_concurrent, settings.host_stale_s)
+        self.core = MigratorCore(backend.name, settings.max_concurrent, settings.host_stale_s,
+                                 settle_until=time.monotonic() + settings.recover_wait_s)
         self.journal = Journal(settings.journal_dir)
         self.log = buslog.get(component="migrator")
         self._changed = asyncio.Event()
@@ -120,6 +123,7 @@ class MigratorService:
         if isinstance(payload, pb.ForwarderState):
             self.core.observe(payload, now)
             self._pulse()
+            self.recheck(now)
         elif isinstance(payload, pb.MigrationRequest):
             self._request(payload, now)
         elif isinstance(payload, pb.Plan) and self.s.follow_plans:
@@ -131,10 +135,21 @@ class MigratorService:
     def _request(self, req: pb.MigrationRequest, now: float) -> None:
         refused = self.core.request(req, now)
         if refused is not None:
-            self.log.warning("migration refused", migration=refused.migration_id,
-                             guest=req.guest_id, to=req.to_host, error=refused.error)
-            self.publish(refused)
+            self._refused(refused)
         self._start_ready()
+
+    def recheck(self, now: float) -> None:
+        """Parked requests (states not yet heard after a start): queue or refuse them."""
+        if not self.core.parked:
+            return
+        for refused in self.core.recheck(now):
+            self._refused(refused)
+        self._start_ready()
+
+    def _refused(self, status: pb.MigrationStatus) -> None:
+        self.log.warning("migration refused", migration=status.migration_id,
+                         guest=status.guest_id, to=status.to_host, error=status.error)
+        self.publish(status)
 
     def _start_ready(self) -> None:
         for move in self.core.start_ready():
@@ -226,6 +241,7 @@ async def serve(bus: BusSettings, host: str, settings: MigratorSettings,
                 now = time.monotonic()
                 for msg in receiving.result():
                     svc.on_message(msg, now)
+                svc.recheck(now)  # the settling time may be over with no new state
         finally:
             beats.cancel()
             stopping.cancel()

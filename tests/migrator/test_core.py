@@ -102,3 +102,49 @@ def test_the_journal_keeps_moves_until_removed_and_sets_aside_garbage(tmp_path: 
     assert (tmp_path / "junk.bad").exists()
     j.remove(move)
     assert j.entries() == []
+
+
+def test_right_after_a_start_a_request_waits_for_the_states_it_names() -> None:
+    """Before any forwarder state came, a request is parked, not refused; the states
+    that arrive within the settling time let it go ahead."""
+    core = MigratorCore("netns", host_stale_s=5.0, settle_until=2.0)
+    assert core.request(_req("a", "g1", "h2"), 0.1) is None
+    assert core.parked and not core.queue and core.counters["request_parked"] == 1
+    core.observe(_state("h2"), 0.5)
+    assert core.recheck(0.5) == [] and core.parked and not core.queue  # g1 not heard of yet
+    core.observe(_state("h1", ("g1",)), 0.9)
+    assert core.recheck(0.9) == []
+    assert not core.parked and [m.migration_id for m in core.queue] == ["a"]
+    assert core.queue[0].from_host == "h1" and core.counters["request_refused"] == 0
+
+
+def test_a_parked_request_is_refused_when_the_settling_time_ends() -> None:
+    core = MigratorCore("netns", host_stale_s=5.0, settle_until=2.0)
+    core.observe(_state("h1", ("g1",)), 0.0)
+    assert core.request(_req("a", "g1", "h9"), 0.1) is None
+    assert core.recheck(1.9) == [] and len(core.parked) == 1
+    refused = core.recheck(2.0)
+    assert [s.migration_id for s in refused] == ["a"] and "unknown host 'h9'" in refused[0].error
+    assert not core.parked and not core.queue and core.counters["request_refused"] == 1
+
+
+def test_a_parked_request_does_not_hold_up_one_that_can_go() -> None:
+    core = MigratorCore("netns", host_stale_s=5.0, settle_until=2.0)
+    core.observe(_state("h1", ("g1",)), 0.0)
+    core.observe(_state("h2"), 0.0)
+    assert core.request(_req("a", "g1", "h9"), 0.1) is None  # parked: h9 not heard from
+    assert core.request(_req("b", "g1", "h2"), 0.2) is None  # goes
+    assert [m.migration_id for m in core.queue] == ["b"]
+    core.observe(_state("h9"), 0.5)
+    refused = core.recheck(0.5)  # a is met again, with g1 on its way to h2
+    assert [s.migration_id for s in refused] == ["a"] and "already moving" in refused[0].error
+
+
+def test_within_the_settling_time_other_faults_are_refused_at_once() -> None:
+    core = MigratorCore("netns", host_stale_s=5.0, settle_until=2.0)
+    core.observe(_state("h1", ("g1",)), 0.0)
+    for req, error in ((_req("a", "", "h1"), "needs a guest"),
+                       (_req("b", "g1", "h1"), "already on 'h1'")):
+        refused = core.request(req, 0.1)
+        assert refused is not None and error in refused.error
+    assert not core.parked

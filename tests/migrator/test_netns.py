@@ -108,6 +108,25 @@ async def test_bad_requests_are_refused_and_change_nothing(world: World) -> None
     assert world.ping("g1", "g2")
 
 
+async def test_right_after_a_restart_a_request_waits_for_the_host_it_names(
+        world: World) -> None:
+    """A restarted migrator has heard from no forwarder: a move to a host whose
+    forwarder comes up within the settling time goes ahead instead of being refused."""
+    async with Watcher(world.bus) as watch:
+        await watch.wait_states()
+        world.kill_forwarder("h3")
+        world.kill_migrator(signal.SIGTERM)
+        world.start_migrator(["--recover-wait-s", "20"])
+        watch.request("m-early", "g1", "h3")
+        await watch.poll_for(1.0)  # the request is in; h3 has not said a word to this migrator
+        assert watch.outcome("m-early") is None
+        world.start_forwarder("h3")
+        done = await watch.wait_outcome("m-early", 60)
+    assert done.phase == pb.MIGRATION_PHASE_DONE, done.error
+    assert world.iface_host("g1") == ["h3"]
+    assert world.ping("g1", "g2")
+
+
 SLOW_COPY = ["--memory-mb", "3072"]  # a few seconds of copying: time to strike mid-move
 
 

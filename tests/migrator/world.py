@@ -141,6 +141,12 @@ class Watcher:
                 self.live_log.append((time.monotonic(), st.host,
                                       tuple(sorted(g.id for g in st.guests))))
 
+    async def poll_for(self, seconds: float) -> None:
+        """Take in what comes for this long."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            await self.poll(left)
+
     async def until(self, what: Callable[[], bool], timeout: float, why: str) -> None:
         deadline = time.monotonic() + timeout
         while not what():
