@@ -57,6 +57,7 @@ def settings_from_args(args: argparse.Namespace) -> ServiceSettings:
         algorithm=args.algorithm, republish_s=args.republish_s,
         min_interval_s=args.min_interval_s, settle_s=args.settle_s,
         replan_traffic_change=args.replan_traffic_change, move_timeout_s=args.move_timeout_s,
+        recheck_held_s=args.recheck_held_s,
         plan=PlanSettings(constraint=constraint, stability=stability), inputs=inputs,
     )
 
@@ -134,6 +135,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    default=d_service.replan_traffic_change,
                    help="plan again when the traffic moved this far from what the last plan"
                         " saw (sum of |rate changes| / total); 0: only on topology changes"
+                        " (default %(default)s)")
+    p.add_argument("--recheck-held-s", type=float, default=d_service.recheck_held_s,
+                   help="plan again this long after a plan that held moves back (their cost"
+                        " above their gain, or a guest within its dwell); 0: never"
                         " (default %(default)s)")
     p.add_argument("--move-timeout-s", type=float, default=d_service.move_timeout_s,
                    help="no plan while this planner's moves are under way, for at most this"

@@ -9,7 +9,8 @@ level-triggered both ways: the inference repeats its latest change every few
 seconds (same change_id), so a planner that starts (or restarts) while the
 traffic is steady, or lost the change on the bus, still plans it, and the
 repeats of a change already planned are ignored; the last plan and desired
-states are published again every ``republish_s``. Right after start the
+states are published again every ``republish_s``; a plan that held moves back
+is made again ``recheck_held_s`` later. Right after start the
 planner listens for ``settle_s`` before its first plan, so every forwarder's
 state is in its view. A bad message or an unusable world view is logged and
 counted and leaves the last good plan in force; nothing from the bus stops
@@ -58,6 +59,10 @@ class ServiceSettings:
     # application is still ramping up, and a move that did not pay at the
     # first rates may pay at the steady ones. 0: plan on topology changes only.
     replan_traffic_change: float = 0.5
+    # Plan again this long after a plan that held moves back (not worth their cost at
+    # the rates measured then, or a guest still within its dwell time): with steady
+    # traffic no change comes to reopen them. 0: never.
+    recheck_held_s: float = 30.0
     # No plan while this planner's moves are under way: the forwarders still
     # show the old placement, and a plan from it could send the other guests
     # the mirror way. A move not seen done (state, or migration.failed) within
@@ -89,6 +94,7 @@ class PlannerCore:
     taken_change: tuple[str, int, int] | None = None
     planned_change: tuple[str, int, int] | None = None
     planned_traffic: dict[tuple[str, str], float] = field(default_factory=dict)
+    held_at: float | None = None  # when the last plan held moves back (None: it held none)
     moving: dict[str, tuple[str, float]] = field(default_factory=dict)  # guest -> (to, since)
 
     def __post_init__(self) -> None:
@@ -146,6 +152,10 @@ class PlannerCore:
     def tick(self, now: float) -> list[Outgoing]:
         if self.started_at is None:
             self.started_at = now
+        if self._held_due(now) and not self.pending_change:
+            self.counters.inc("replans_held")
+            self.pending_change = True
+            self.held_at = None
         out: list[Outgoing] = []
         if self.pending_change and now - self.planned_at >= self.settings.min_interval_s and (
                 now - self.started_at >= self.settings.settle_s) and not self._moving(now):
@@ -157,6 +167,10 @@ class PlannerCore:
             out += self._publish(self.last, now)
             self.counters.inc("republished")
         return out
+
+    def _held_due(self, now: float) -> bool:
+        wait = self.settings.recheck_held_s
+        return wait > 0 and self.held_at is not None and now - self.held_at >= wait
 
     def _moving(self, now: float) -> bool:
         """Are moves of the last plans still under way (and not timed out)?"""
@@ -170,6 +184,8 @@ class PlannerCore:
     def next_deadline(self, now: float) -> float:
         """Seconds until tick has something to do (for the shell's wait)."""
         waits = [self.settings.republish_s - (now - self.published_at)] if self.last else []
+        if self.held_at is not None and self.settings.recheck_held_s > 0:
+            waits.append(self.held_at + self.settings.recheck_held_s - now)
         if self.pending_change and self.moving:  # a state or status wakes it before
             waits.append(min(since + self.settings.move_timeout_s - now
                              for _, since in self.moving.values()))
@@ -200,6 +216,7 @@ class PlannerCore:
         self.planned_traffic = self.view.traffic()
         for m in outcome.plan.migrations:
             self.moving[m.guest_id] = (m.to_host, now)
+        self.held_at = now if any(not d.accepted for d in outcome.decisions) else None
         self.plan_id += 1
         self.generation += 1
         self.last = outcome

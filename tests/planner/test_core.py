@@ -306,6 +306,43 @@ class TestCore:
         out = core.on_message(message("state.h2", world.state("h2", h2, 7), 11), 31.0)
         assert [t for t, _ in out][:1] == ["plan"] and core.counters["plans"] == 2
 
+    def test_moves_held_back_are_weighed_again_without_a_new_change(self) -> None:
+        """Steady traffic brings no change: a plan that held moves is made again after
+        recheck_held_s, and a move held only by the dwell rule goes once it may."""
+        settings = ServiceSettings(
+            algorithm="partition", min_interval_s=0.0, settle_s=0.0, republish_s=100.0,
+            recheck_held_s=15.0, plan=PlanSettings(stability=StabilitySettings(
+                margin=0.0, min_dwell_s=20.0)))
+        core = PlannerCore(settings, registry.load("partition"))
+        for guest in "abcd":  # every guest moved (from elsewhere) just now
+            core.history.record(guest, "elsewhere", 0.0)
+        self.feed(core)
+        plan = core.on_message(message("topology.change", world.change()), 1.0)[0][1]
+        assert isinstance(plan, pb.Plan) and not plan.migrations
+        assert core.last is not None and core.last.decisions
+        assert not any(d.accepted for d in core.last.decisions)
+        assert core.next_deadline(1.0) == pytest.approx(15.0)
+        assert core.tick(15.9) == []
+        again = core.tick(16.0)  # still within the dwell: held again
+        assert [t for t, _ in again][:1] == ["plan"] and core.counters["replans_held"] == 1
+        moved = core.tick(31.0)[0][1]
+        assert isinstance(moved, pb.Plan) and len(moved.migrations) == 2
+        assert core.counters["replans_held"] == 2 and core.counters["plans"] == 3
+        assert core.held_at is None  # nothing held: no further recheck
+        assert core.tick(70.0) == [] and core.counters["plans"] == 3
+
+    def test_held_moves_are_not_weighed_again_when_rechecks_are_off(self) -> None:
+        settings = ServiceSettings(
+            algorithm="partition", min_interval_s=0.0, settle_s=0.0, republish_s=100.0,
+            recheck_held_s=0.0, plan=PlanSettings(stability=StabilitySettings(
+                margin=0.0, min_dwell_s=20.0)))
+        core = PlannerCore(settings, registry.load("partition"))
+        for guest in "abcd":
+            core.history.record(guest, "elsewhere", 0.0)
+        self.feed(core)
+        assert core.on_message(message("topology.change", world.change()), 1.0)
+        assert core.tick(50.0) == [] and core.counters["plans"] == 1
+
     def test_a_failed_or_silent_move_holds_planning_back_no_longer(self) -> None:
         core, plan = self.moving_core()
         first = plan.migrations[0]
