@@ -123,7 +123,6 @@ class MigratorService:
         if isinstance(payload, pb.ForwarderState):
             self.core.observe(payload, now)
             self._pulse()
-            self.recheck(now)
         elif isinstance(payload, pb.MigrationRequest):
             self._request(payload, now)
         elif isinstance(payload, pb.Plan) and self.s.follow_plans:
@@ -241,7 +240,7 @@ async def serve(bus: BusSettings, host: str, settings: MigratorSettings,
                 now = time.monotonic()
                 for msg in receiving.result():
                     svc.on_message(msg, now)
-                svc.recheck(now)  # the settling time may be over with no new state
+                svc.recheck(now)  # after the batch's states, or the settling time ran out
         finally:
             beats.cancel()
             stopping.cancel()
