@@ -152,7 +152,8 @@ class PlannerCore:
     def tick(self, now: float) -> list[Outgoing]:
         if self.started_at is None:
             self.started_at = now
-        if self._held_due(now) and not self.pending_change:
+        due = self._held_recheck_at()
+        if due is not None and now >= due and not self.pending_change:
             self.counters.inc("replans_held")
             self.pending_change = True
             self.held_at = None
@@ -168,9 +169,11 @@ class PlannerCore:
             self.counters.inc("republished")
         return out
 
-    def _held_due(self, now: float) -> bool:
-        wait = self.settings.recheck_held_s
-        return wait > 0 and self.held_at is not None and now - self.held_at >= wait
+    def _held_recheck_at(self) -> float | None:
+        """When the moves the last plan held back are weighed again (None: never)."""
+        if self.held_at is None or self.settings.recheck_held_s <= 0:
+            return None
+        return self.held_at + self.settings.recheck_held_s
 
     def _moving(self, now: float) -> bool:
         """Are moves of the last plans still under way (and not timed out)?"""
@@ -184,8 +187,8 @@ class PlannerCore:
     def next_deadline(self, now: float) -> float:
         """Seconds until tick has something to do (for the shell's wait)."""
         waits = [self.settings.republish_s - (now - self.published_at)] if self.last else []
-        if self.held_at is not None and self.settings.recheck_held_s > 0:
-            waits.append(self.held_at + self.settings.recheck_held_s - now)
+        if (due := self._held_recheck_at()) is not None:
+            waits.append(due - now)
         if self.pending_change and self.moving:  # a state or status wakes it before
             waits.append(min(since + self.settings.move_timeout_s - now
                              for _, since in self.moving.values()))
